@@ -1,0 +1,179 @@
+/**
+ * The merge rule, whole. Rows carry a causal length (odd: alive, even: deleted); cells
+ * carry a stamp (causal length of the row life they belong to, HLC, origin site). The
+ * higher stamp wins, compared as (cl, hlc, site); so a later life beats any cell of an
+ * earlier one, and within a life the later write wins, ties broken by site id.
+ */
+
+/** Who wrote a cell version, and when. */
+export interface Stamp {
+  /** Causal length of the row life the write belongs to. */
+  readonly cl: number
+  /** Hybrid logical clock of the write. */
+  readonly hlc: number
+  /** Origin site id, 32 lowercase hex chars. */
+  readonly site: string
+}
+
+/** A cell's winning version plus the foreign version its writer overwrote. */
+export interface CellStamp extends Stamp {
+  /** The version from another site this write replaced, or null for a first write. */
+  readonly prev: Stamp | null
+}
+
+/** Orders stamps: negative when `a` loses to `b`, zero when equal, positive when `a` wins. */
+export function compareStamps(a: Stamp, b: Stamp): number {
+  if (a.cl !== b.cl) return a.cl - b.cl
+  if (a.hlc !== b.hlc) return a.hlc - b.hlc
+  return a.site < b.site ? -1 : a.site > b.site ? 1 : 0
+}
+
+/** True when a row of this causal length exists. */
+export function isAlive(cl: number): boolean {
+  return cl % 2 === 1
+}
+
+/** Causal length after a local insert (a dead or unknown row comes alive). */
+export function clAfterInsert(cl: number): number {
+  return isAlive(cl) ? cl : cl + 1
+}
+
+/** Causal length after a local delete. */
+export function clAfterDelete(cl: number): number {
+  return isAlive(cl) ? cl + 1 : cl
+}
+
+/**
+ * The `prev` a new local write records: a site's consecutive writes keep pointing at the
+ * foreign version they started from, so editing a cell twice before syncing is still
+ * one sequential overwrite of that version.
+ */
+export function prevForLocalWrite(current: CellStamp | null, localSite: string): Stamp | null {
+  if (current === null) return null
+  if (current.site === localSite) return current.prev
+  return { cl: current.cl, hlc: current.hlc, site: current.site }
+}
+
+/**
+ * A merge discarded a concurrent write when the winner's writer had not seen the loser:
+ * same row life, different sites, and the version the winner overwrote is older than the
+ * loser. A site's own successive writes are never concurrent with each other.
+ */
+export function isConflict(winner: CellStamp, loser: Stamp): boolean {
+  if (winner.cl !== loser.cl || winner.site === loser.site) return false
+  return winner.prev === null || compareStamps(winner.prev, loser) < 0
+}
+
+/** A row's merge state: causal length, the stamp that set it, one stamp per data column. */
+export interface RowState {
+  readonly cl: number
+  readonly clStamp: Stamp
+  /** Parallel to the table's data columns (canonical order); null where no version is held. */
+  readonly cells: readonly (CellStamp | null)[]
+}
+
+function freshCells(cl: number, hlc: number, site: string, n: number): CellStamp[] {
+  const cell: CellStamp = { cl, hlc, site, prev: null }
+  return new Array<CellStamp>(n).fill(cell)
+}
+
+/** A local INSERT (or REPLACE): a dead or unknown row starts a new life with every cell written. */
+export function localInsert(state: RowState | null, hlc: number, site: string, dataCount: number): RowState {
+  if (state === null || !isAlive(state.cl)) {
+    const cl = clAfterInsert(state?.cl ?? 0)
+    return { cl, clStamp: { cl, hlc, site }, cells: freshCells(cl, hlc, site, dataCount) }
+  }
+  // REPLACE on a live row fires only the INSERT trigger: an update of every column.
+  return localUpdate(state, null, hlc, site, dataCount)
+}
+
+/** A local UPDATE of the given data columns (null: all of them). */
+export function localUpdate(
+  state: RowState | null,
+  columns: readonly number[] | null,
+  hlc: number,
+  site: string,
+  dataCount: number,
+): RowState {
+  if (state === null || !isAlive(state.cl)) return localInsert(state, hlc, site, dataCount)
+  const cells = state.cells.slice()
+  const write = (c: number) => {
+    cells[c] = { cl: state.cl, hlc, site, prev: prevForLocalWrite(cells[c] ?? null, site) }
+  }
+  if (columns === null) for (let c = 0; c < dataCount; c++) write(c)
+  else for (const c of columns) write(c)
+  return { cl: state.cl, clStamp: state.clStamp, cells }
+}
+
+/** A local DELETE: the row's life ends and its cells are dropped (a tombstone remains). */
+export function localDelete(state: RowState | null, hlc: number, site: string, dataCount: number): RowState {
+  if (state !== null && !isAlive(state.cl)) return state
+  const cl = state === null ? 2 : clAfterDelete(state.cl)
+  return { cl, clStamp: { cl, hlc, site }, cells: new Array<CellStamp | null>(dataCount).fill(null) }
+}
+
+/** A concurrent write discarded by a merge. */
+export interface MergeConflict {
+  /** Data column index. */
+  readonly column: number
+  /** True when the incoming version won and the local one was discarded. */
+  readonly incomingWon: boolean
+  readonly winner: CellStamp
+  readonly loser: Stamp
+}
+
+/** What merging one incoming row did. */
+export interface RowMerge {
+  readonly state: RowState
+  readonly wasAlive: boolean
+  readonly alive: boolean
+  /** The incoming causal length replaced the local one. */
+  readonly lifeChanged: boolean
+  /** Data columns whose incoming version won. */
+  readonly won: readonly number[]
+  readonly conflicts: readonly MergeConflict[]
+}
+
+/**
+ * Joins an incoming row into the local state: the causal length is the maximum, each cell
+ * the higher stamp; a dead row holds no cells. Commutative, associative and idempotent.
+ * `incoming.cells` must already be aligned to the local data columns.
+ */
+export function mergeRow(local: RowState | null, incoming: RowState): RowMerge {
+  const n = incoming.cells.length
+  const wasAlive = local !== null && isAlive(local.cl)
+  let cl = local?.cl ?? 0
+  let clStamp = local?.clStamp ?? incoming.clStamp
+  let lifeChanged = false
+  if (incoming.cl > cl) {
+    cl = incoming.cl
+    clStamp = incoming.clStamp
+    lifeChanged = true
+  } else if (incoming.cl === cl && compareStamps(incoming.clStamp, clStamp) > 0) {
+    clStamp = incoming.clStamp
+  }
+  const alive = isAlive(cl)
+  const won: number[] = []
+  const conflicts: MergeConflict[] = []
+  let cells: (CellStamp | null)[]
+  if (!alive) {
+    cells = new Array<CellStamp | null>(n).fill(null)
+  } else {
+    cells = wasAlive && local ? local.cells.slice() : new Array<CellStamp | null>(n).fill(null)
+    for (let c = 0; c < n; c++) {
+      const inc = incoming.cells[c]
+      if (!inc) continue
+      const cur = cells[c] ?? null
+      const order = cur === null ? 1 : compareStamps(inc, cur)
+      if (order > 0) {
+        if (cur !== null && isConflict(inc, cur))
+          conflicts.push({ column: c, incomingWon: true, winner: inc, loser: cur })
+        cells[c] = inc
+        won.push(c)
+      } else if (order < 0 && cur !== null && isConflict(cur, inc)) {
+        conflicts.push({ column: c, incomingWon: false, winner: cur, loser: inc })
+      }
+    }
+  }
+  return { state: { cl, clStamp, cells }, wasAlive, alive, lifeChanged, won, conflicts }
+}

@@ -1,0 +1,30 @@
+/** sqlite-converge: local-first sync for ordinary SQLite tables. */
+import { openBetterSqlite3 } from './driver/better-sqlite3.js'
+import type { SqliteDatabase } from './driver/types.js'
+import { Replica, type ReplicaOptions } from './replica/replica.js'
+
+export { ConvergeError, type ConvergeErrorCode, isConvergeError } from './core/errors.js'
+export type { AppValue } from './core/values.js'
+export type { VersionVector } from './core/version-vector.js'
+export type { RunResult, SqliteDatabase, SqliteStatement } from './driver/types.js'
+export {
+  type Conflict,
+  type ImportResult,
+  type ProgressCallback,
+  Replica,
+  type ReplicaOptions,
+} from './replica/replica.js'
+
+/**
+ * Opens (or creates) a replica: a database file path, or an open connection of the
+ * better-sqlite3 shape ({@link SqliteDatabase}).
+ */
+export function openReplica(database: string | SqliteDatabase, options: ReplicaOptions = {}): Replica {
+  const db = typeof database === 'string' ? openBetterSqlite3(database) : database
+  try {
+    return new Replica(db, options)
+  } catch (err) {
+    if (typeof database === 'string') db.close()
+    throw err
+  }
+}

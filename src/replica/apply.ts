@@ -1,0 +1,151 @@
+/**
+ * Import: joins a decoded payload into the local tables. The caller holds the write
+ * transaction; this only merges. Versions the local vector already covers are skipped,
+ * so a payload imported twice changes nothing the second time.
+ */
+import { ConvergeError } from '../core/errors.js'
+import { type CellStamp, compareStamps, mergeRow, type RowState } from '../core/merge.js'
+import type { SqlValue } from '../core/values.js'
+import { covers, type VersionVector } from '../core/version-vector.js'
+import type { DecodedPayload, WireTable } from '../wire/payload.js'
+import { describeColumnDifference } from './schema.js'
+import type { SyncedTable } from './synced-table.js'
+
+/** A conflict about to be written to the log. */
+export interface ConflictRecord {
+  table: string
+  pk: SqlValue[]
+  column: string
+  kept: SqlValue
+  lost: SqlValue
+  keptStamp: CellStamp
+  lostStamp: { site: string; hlc: number }
+}
+
+export interface ApplyResult {
+  applied: number
+  conflicts: ConflictRecord[]
+  /** Highest HLC applied per origin site. */
+  held: Map<string, number>
+}
+
+/**
+ * Checks that every table the payload carries rows for is synced here with the same
+ * schema; returns, per payload table, the local table and the local index of each of its
+ * data columns.
+ */
+export function matchTables(
+  payload: DecodedPayload,
+  tables: ReadonlyMap<string, SyncedTable>,
+): (readonly [SyncedTable, number[]] | null)[] {
+  return payload.header.tables.map((wt, i) => {
+    if ((payload.header.rowCounts[i] ?? 0) === 0) return null
+    const local = tables.get(wt.name)
+    if (!local) {
+      throw new ConvergeError('SCHEMA_MISMATCH', `payload has changes for table ${wt.name}, which is not synced here`, {
+        table: wt.name,
+      })
+    }
+    if (!sameBytes(local.schema.hash, wt.hash)) {
+      const remote = remoteColumns(wt)
+      const localCols = [...local.schema.pk, ...local.schema.data]
+      const pkSame = wt.pkCount === local.schema.pk.length && local.schema.pk.every((c, j) => c.name === wt.columns[j])
+      const diff = pkSame ? describeColumnDifference(localCols, remote) : 'primary key columns or their order differ'
+      throw new ConvergeError('SCHEMA_MISMATCH', `table ${wt.name} differs: ${diff}`, {
+        table: wt.name,
+        local: localCols.map((c) => `${c.name} ${c.affinity}`),
+        remote: remote.map((c) => `${c.name} ${c.affinity}`),
+      })
+    }
+    const index = new Map(local.schema.data.map((c, j) => [c.name, j]))
+    const mapping = wt.columns.slice(wt.pkCount).map((name) => index.get(name) as number)
+    return [local, mapping] as const
+  })
+}
+
+function remoteColumns(wt: WireTable): { name: string; affinity: string }[] {
+  return wt.columns.map((name, j) => ({ name, affinity: wt.affinities[j] as string }))
+}
+
+function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
+  return a.length === b.length && a.every((x, i) => x === b[i])
+}
+
+/** Merges every row of the payload into the local tables. */
+export function applyPayload(
+  payload: DecodedPayload,
+  matched: readonly (readonly [SyncedTable, number[]] | null)[],
+  known: VersionVector,
+  onProgress?: (rows: number) => void,
+): ApplyResult {
+  let applied = 0
+  let seenRows = 0
+  const conflicts: ConflictRecord[] = []
+  const held = new Map<string, number>()
+  const hold = (site: string, hlc: number) => {
+    if (hlc > (held.get(site) ?? 0)) held.set(site, hlc)
+  }
+  for (const { table, rows } of payload.chunks()) {
+    const match = matched[table]
+    if (!match) continue
+    const [t, mapping] = match
+    const n = t.dataCount
+    for (const row of rows) {
+      const cells: (CellStamp | null)[] = new Array(n).fill(null)
+      const values: SqlValue[] = new Array(n).fill(null)
+      let fresh = !covers(known, row.clStamp.site, row.clStamp.hlc)
+      row.cells.forEach((cell, j) => {
+        if (cell === null || covers(known, cell.stamp.site, cell.stamp.hlc)) return
+        const c = mapping[j] as number
+        cells[c] = cell.stamp
+        values[c] = cell.value
+        fresh = true
+      })
+      if (!fresh) continue
+      const incoming: RowState = { cl: row.cl, clStamp: row.clStamp, cells }
+      const local = t.loadState(row.pk)
+      const m = mergeRow(local, incoming)
+      const before = m.conflicts.length && m.wasAlive ? t.readValues(row.pk) : undefined
+      if (m.wasAlive && !m.alive) {
+        t.deleteRow(row.pk)
+      } else if (!m.wasAlive && m.alive) {
+        const present: number[] = []
+        m.state.cells.forEach((c, i) => {
+          if (c !== null) present.push(i)
+        })
+        t.insertRow(
+          row.pk,
+          present,
+          present.map((c) => values[c] as SqlValue),
+        )
+      } else if (m.alive && m.won.length) {
+        t.updateRow(
+          row.pk,
+          m.won,
+          m.won.map((c) => values[c] as SqlValue),
+        )
+      }
+      for (const k of m.conflicts) {
+        const localValue = (before?.[k.column] ?? null) as SqlValue
+        conflicts.push({
+          table: t.name,
+          pk: row.pk,
+          column: t.schema.data[k.column]?.name as string,
+          kept: k.incomingWon ? (values[k.column] as SqlValue) : localValue,
+          lost: k.incomingWon ? localValue : (values[k.column] as SqlValue),
+          keptStamp: k.winner,
+          lostStamp: k.loser,
+        })
+      }
+      const stateChanged =
+        m.lifeChanged || m.won.length > 0 || local === null || compareStamps(m.state.clStamp, local.clStamp) !== 0
+      if (stateChanged) t.saveState(row.pk, m.state)
+      applied += (m.lifeChanged ? 1 : 0) + m.won.length
+      hold(row.clStamp.site, row.clStamp.hlc)
+      for (const c of cells) if (c) hold(c.site, c.hlc)
+    }
+    seenRows += rows.length
+    onProgress?.(seenRows)
+  }
+  return { applied, conflicts, held }
+}

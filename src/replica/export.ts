@@ -1,0 +1,78 @@
+/** Export: every row and cell version the receiver's vector does not cover, as a payload. */
+import type { CellStamp } from '../core/merge.js'
+import type { SqlValue } from '../core/values.js'
+import { covers, type VersionVector } from '../core/version-vector.js'
+import type { PayloadEncoder, WireCell, WireRow, WireTable } from '../wire/payload.js'
+import { decodeRow, type SiteTable, type StoredRow } from './metadata.js'
+import type { SyncedTable } from './synced-table.js'
+
+/** Rows per payload chunk: large enough to compress well, small enough to bound memory. */
+export const CHUNK_ROWS = 4096
+
+/** The payload description of a synced table. */
+export function wireTable(t: SyncedTable): WireTable {
+  const cols = [...t.schema.pk, ...t.schema.data]
+  return {
+    name: t.name,
+    hash: t.schema.hash,
+    pkCount: t.schema.pk.length,
+    columns: cols.map((c) => c.name),
+    affinities: cols.map((c) => c.affinity),
+  }
+}
+
+/**
+ * The lowest HLC a changed row can have: for each site whose versions the receiver may lack,
+ * what the receiver has of it. Rows whose newest stamp is not above it are fully covered.
+ */
+export function scanFloor(held: ReadonlyMap<string, number>, since: VersionVector): number {
+  let floor = Number.POSITIVE_INFINITY
+  for (const [site, max] of held) {
+    const seen = since[site] ?? 0
+    if (max > seen && seen < floor) floor = seen
+  }
+  return floor
+}
+
+/** Adds every uncovered version of `tables` to `encoder`, chunk by chunk. */
+export function encodeChanges(
+  encoder: PayloadEncoder,
+  tables: readonly SyncedTable[],
+  sites: SiteTable,
+  since: VersionVector,
+  floor: number,
+  onProgress?: (rows: number) => void,
+): void {
+  if (floor === Number.POSITIVE_INFINITY) return
+  tables.forEach((t, ti) => {
+    const k = t.schema.pk.length
+    const n = t.dataCount
+    let rows: WireRow[] = []
+    for (const raw of t.iterateChanged(floor)) {
+      const state = decodeRow(raw.slice(k, k + 5) as StoredRow, n, sites)
+      const values = raw.slice(k + 5) as SqlValue[]
+      let any = !covers(since, state.clStamp.site, state.clStamp.hlc)
+      const cells: (WireCell | null)[] = new Array(n)
+      for (let c = 0; c < n; c++) {
+        const stamp = state.cells[c] as CellStamp | null
+        if (stamp === null || covers(since, stamp.site, stamp.hlc)) {
+          cells[c] = null
+        } else {
+          cells[c] = { stamp, value: values[c] as SqlValue }
+          any = true
+        }
+      }
+      if (!any) continue
+      rows.push({ pk: raw.slice(0, k) as SqlValue[], cl: state.cl, clStamp: state.clStamp, cells })
+      if (rows.length === CHUNK_ROWS) {
+        encoder.addChunk(ti, rows)
+        onProgress?.(encoder.rows)
+        rows = []
+      }
+    }
+    if (rows.length) {
+      encoder.addChunk(ti, rows)
+      onProgress?.(encoder.rows)
+    }
+  })
+}

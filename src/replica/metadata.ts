@@ -1,0 +1,210 @@
+/**
+ * Sync metadata kept inside the user's database, in tables prefixed `_converge_`:
+ * replica state, known sites and the version vector, synced tables, the conflict log, and
+ * per synced table a change log (written by triggers) and a row table (one row per
+ * primary key: causal length plus a packed stamp per cell).
+ */
+import type { CellStamp, RowState, Stamp } from '../core/merge.js'
+import { isAlive } from '../core/merge.js'
+import type { SqliteDatabase, SqliteStatement } from '../driver/types.js'
+import { ByteReader, ByteWriter } from '../wire/bytes.js'
+import { quoteId } from './sql.js'
+
+/** Prefix of every table, index and trigger this library creates. */
+export const PREFIX = '_converge_'
+
+export const METADATA_DDL = `
+CREATE TABLE IF NOT EXISTS ${PREFIX}state (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS ${PREFIX}sites (
+  idx INTEGER PRIMARY KEY,
+  site TEXT NOT NULL UNIQUE,
+  seen INTEGER NOT NULL DEFAULT 0,
+  held INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS ${PREFIX}tables (
+  id INTEGER PRIMARY KEY,
+  name TEXT NOT NULL UNIQUE,
+  hash BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS ${PREFIX}conflicts (
+  id INTEGER PRIMARY KEY,
+  tbl TEXT NOT NULL,
+  pk BLOB NOT NULL,
+  col TEXT NOT NULL,
+  kept,
+  lost,
+  kept_site TEXT NOT NULL,
+  kept_hlc INTEGER NOT NULL,
+  lost_site TEXT NOT NULL,
+  lost_hlc INTEGER NOT NULL,
+  at INTEGER NOT NULL,
+  resolved TEXT,
+  UNIQUE (tbl, pk, col, lost_site, lost_hlc)
+);
+`
+
+/** Names of the two per-table metadata tables. */
+export function logTable(id: number): string {
+  return quoteId(`${PREFIX}log_${id}`)
+}
+export function rowsTable(id: number): string {
+  return quoteId(`${PREFIX}rows_${id}`)
+}
+
+/** Key columns of the metadata tables: k0, k1, ... (no declared type, so values keep their storage class). */
+export function keyColumns(pkCount: number): string[] {
+  return Array.from({ length: pkCount }, (_, i) => `k${i}`)
+}
+
+/** Mask words for the columns changed by an UPDATE, 62 columns per word. */
+export const MASK_BITS = 62
+export function maskWords(dataCount: number): number {
+  return Math.max(1, Math.ceil(dataCount / MASK_BITS))
+}
+
+export function perTableDdl(id: number, pkCount: number, dataCount: number): string {
+  const keys = keyColumns(pkCount)
+  const masks = Array.from({ length: maskWords(dataCount) }, (_, i) => `m${i} INTEGER NOT NULL`)
+  return `
+CREATE TABLE IF NOT EXISTS ${logTable(id)} (seq INTEGER PRIMARY KEY, op INTEGER NOT NULL, ts INTEGER NOT NULL, ${masks.join(', ')}, ${keys.join(', ')});
+CREATE TABLE IF NOT EXISTS ${rowsTable(id)} (${keys.join(', ')}, cl INTEGER NOT NULL, clh INTEGER NOT NULL, cls INTEGER NOT NULL, md INTEGER NOT NULL, v BLOB, PRIMARY KEY (${keys.join(', ')})) WITHOUT ROWID;
+`
+}
+
+/** Site ids and their small local numbers (0 is this replica); backs the version vector. */
+export class SiteTable {
+  readonly #db: SqliteDatabase
+  readonly #byIdx: string[] = []
+  readonly #byHex = new Map<string, number>()
+  readonly #insert: SqliteStatement
+
+  constructor(db: SqliteDatabase) {
+    this.#db = db
+    this.#insert = db.prepare(`INSERT INTO ${PREFIX}sites (idx, site) VALUES (?, ?)`)
+    this.reload()
+  }
+
+  /** Re-reads the table (after a rollback, numbers handed out may be gone). */
+  reload(): void {
+    this.#byIdx.length = 0
+    this.#byHex.clear()
+    for (const row of this.#db.prepare(`SELECT idx, site FROM ${PREFIX}sites`).all() as {
+      idx: number
+      site: string
+    }[]) {
+      this.#byIdx[row.idx] = row.site
+      this.#byHex.set(row.site, row.idx)
+    }
+  }
+
+  hex(idx: number): string {
+    const s = this.#byIdx[idx]
+    if (s === undefined) throw new Error(`unknown site index ${idx}`)
+    return s
+  }
+
+  /** The local number of a site, registering it on first sight. */
+  idx(hex: string): number {
+    let i = this.#byHex.get(hex)
+    if (i === undefined) {
+      i = this.#byIdx.length
+      this.#insert.run(i, hex)
+      this.#byIdx[i] = hex
+      this.#byHex.set(hex, i)
+    }
+    return i
+  }
+
+  get size(): number {
+    return this.#byIdx.length
+  }
+}
+
+const F_PRESENT = 1
+const F_ROW_STAMP = 2
+const F_PREV = 4
+const F_OLD_LIFE = 8
+
+/** A row of the metadata table, as stored. */
+export type StoredRow = [
+  cl: number | bigint,
+  clh: number | bigint,
+  cls: number | bigint,
+  md: number | bigint,
+  v: Uint8Array | null,
+]
+
+/** Decodes a stored metadata row into a {@link RowState}. */
+export function decodeRow(stored: StoredRow, dataCount: number, sites: SiteTable): RowState {
+  const cl = Number(stored[0])
+  const clh = Number(stored[1])
+  const clSite = sites.hex(Number(stored[2]))
+  const clStamp: Stamp = { cl, hlc: clh, site: clSite }
+  const v = stored[4]
+  const cells: (CellStamp | null)[] = new Array(dataCount)
+  if (v === null) {
+    const cell: CellStamp | null = isAlive(cl) ? { cl, hlc: clh, site: clSite, prev: null } : null
+    cells.fill(cell)
+    return { cl, clStamp, cells }
+  }
+  const r = new ByteReader(v)
+  for (let c = 0; c < dataCount; c++) {
+    const flags = r.remaining ? r.byte() : 0
+    if (!(flags & F_PRESENT)) {
+      cells[c] = null
+      continue
+    }
+    const ccl = flags & F_OLD_LIFE ? cl - r.uvarint() : cl
+    let hlc = clh
+    let site = clSite
+    if (!(flags & F_ROW_STAMP)) {
+      hlc = clh + r.svarint()
+      site = sites.hex(r.uvarint())
+    }
+    let prev: Stamp | null = null
+    if (flags & F_PREV) {
+      const pcl = r.uvarint()
+      const phlc = clh + r.svarint()
+      prev = { cl: pcl, hlc: phlc, site: sites.hex(r.uvarint()) }
+    }
+    cells[c] = { cl: ccl, hlc, site, prev }
+  }
+  return { cl, clStamp, cells }
+}
+
+/** Encodes a {@link RowState} as [cl, clh, cls, md, v]; v is NULL in the common uniform case. */
+export function encodeRow(state: RowState, sites: SiteTable): [number, number, number, number, Uint8Array | null] {
+  const { cl, clStamp } = state
+  let max = clStamp.hlc
+  let uniform = isAlive(cl)
+  for (const cell of state.cells) {
+    if (cell === null) {
+      uniform = false
+      continue
+    }
+    if (cell.hlc > max) max = cell.hlc
+    if (cell.cl !== cl || cell.hlc !== clStamp.hlc || cell.site !== clStamp.site || cell.prev !== null) uniform = false
+  }
+  const head: [number, number, number, number] = [cl, clStamp.hlc, sites.idx(clStamp.site), max - clStamp.hlc]
+  if (uniform || !isAlive(cl)) return [...head, null]
+  const w = new ByteWriter(state.cells.length * 4)
+  for (const cell of state.cells) {
+    if (cell === null) {
+      w.byte(0)
+      continue
+    }
+    const sameAsRow = cell.cl === cl && cell.hlc === clStamp.hlc && cell.site === clStamp.site
+    w.byte(F_PRESENT | (sameAsRow ? F_ROW_STAMP : 0) | (cell.prev ? F_PREV : 0) | (cell.cl !== cl ? F_OLD_LIFE : 0))
+    if (cell.cl !== cl) w.uvarint(cl - cell.cl)
+    if (!sameAsRow) {
+      w.svarint(cell.hlc - clStamp.hlc)
+      w.uvarint(sites.idx(cell.site))
+    }
+    if (cell.prev) {
+      w.uvarint(cell.prev.cl)
+      w.svarint(cell.prev.hlc - clStamp.hlc)
+      w.uvarint(sites.idx(cell.prev.site))
+    }
+  }
+  return [...head, w.finish().slice()]
+}

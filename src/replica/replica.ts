@@ -1,0 +1,416 @@
+/** The replica: a SQLite database whose synced tables exchange changes with other replicas. */
+import { ConvergeError } from '../core/errors.js'
+import { exceedsDrift, hlcToMillis } from '../core/hlc.js'
+import { type AppValue, type SqlValue, toAppValue } from '../core/values.js'
+import { dominates, type VersionVector } from '../core/version-vector.js'
+import type { SqliteDatabase } from '../driver/types.js'
+import { ByteReader, ByteWriter } from '../wire/bytes.js'
+import { bytesToHex, DecodedPayload, PayloadEncoder } from '../wire/payload.js'
+import { readValue, writeValue } from '../wire/values.js'
+import { applyPayload, type ConflictRecord, matchTables } from './apply.js'
+import { encodeChanges, scanFloor, wireTable } from './export.js'
+import { foldTable } from './fold.js'
+import { keyColumns, logTable, METADATA_DDL, maskWords, PREFIX, perTableDdl, SiteTable } from './metadata.js'
+import { readTableSchema } from './schema.js'
+import { NOW_MS_SQL, quoteId } from './sql.js'
+import { SyncedTable } from './synced-table.js'
+import { createTriggersSql, dropTriggersSql, OP_INSERT } from './triggers.js'
+
+/** Options of {@link Replica}. */
+export interface ReplicaOptions {
+  /** Site id for a new database (32 lowercase hex chars); random by default. */
+  siteId?: string
+  /** Refuse payloads whose clock is further ahead of ours than this (default 5 minutes). */
+  maxClockDriftMs?: number
+  /** Refuse payloads larger than this many bytes (default 1 GiB). */
+  maxPayloadBytes?: number
+}
+
+/** Result of {@link Replica.importChanges}. */
+export interface ImportResult {
+  /** Changes that took effect: row lives started or ended, plus cells that won. */
+  applied: number
+  /** Concurrent writes that lost and were added to the conflict log. */
+  conflicts: number
+}
+
+/** A concurrent write that lost a merge, kept so the app can restore it. */
+export interface Conflict {
+  id: number
+  table: string
+  /** Primary-key values, in key order. */
+  pk: AppValue[]
+  column: string
+  /** The value the merge kept (now in the table, unless overwritten since). */
+  kept: AppValue
+  /** The value the merge discarded. */
+  lost: AppValue
+  keptSite: string
+  lostSite: string
+  /** Wall-clock milliseconds of the kept and lost writes (from their HLCs). */
+  keptAt: number
+  lostAt: number
+  /** When this replica recorded the conflict (ms since epoch). */
+  recordedAt: number
+}
+
+/** Progress callback: rows processed so far. */
+export type ProgressCallback = (rows: number) => void
+
+const SITE_RE = /^[0-9a-f]{32}$/
+const DEFAULT_DRIFT_MS = 5 * 60 * 1000
+const DEFAULT_MAX_PAYLOAD = 1024 * 1024 * 1024
+
+function randomSiteId(): string {
+  return bytesToHex(crypto.getRandomValues(new Uint8Array(16)))
+}
+
+export class Replica {
+  /** The database connection; the app runs plain SQL on it. */
+  readonly db: SqliteDatabase
+  /** This replica's site id: 32 lowercase hex chars, stable across reopen. */
+  readonly siteId: string
+  readonly #options: Required<Omit<ReplicaOptions, 'siteId'>>
+  readonly #sites: SiteTable
+  readonly #tables = new Map<string, SyncedTable>()
+  #clock: number
+
+  constructor(db: SqliteDatabase, options: ReplicaOptions = {}) {
+    if (options.siteId !== undefined && !SITE_RE.test(options.siteId)) {
+      throw new ConvergeError('BAD_ARGUMENT', 'siteId must be 32 lowercase hex characters', { siteId: options.siteId })
+    }
+    this.db = db
+    this.#options = Object.freeze({
+      maxClockDriftMs: options.maxClockDriftMs ?? DEFAULT_DRIFT_MS,
+      maxPayloadBytes: options.maxPayloadBytes ?? DEFAULT_MAX_PAYLOAD,
+    })
+    db.exec('BEGIN IMMEDIATE')
+    try {
+      db.exec(METADATA_DDL)
+      const get = (key: string) =>
+        (db.prepare(`SELECT value FROM ${PREFIX}state WHERE key = ?`).get(key) as { value: unknown } | undefined)?.value
+      let site = get('site') as string | undefined
+      if (site === undefined) {
+        site = options.siteId ?? randomSiteId()
+        db.prepare(`INSERT INTO ${PREFIX}state (key, value) VALUES ('site', ?), ('clock', 0), ('format', 1)`).run(site)
+        db.prepare(`INSERT INTO ${PREFIX}sites (idx, site) VALUES (0, ?)`).run(site)
+      } else if (options.siteId !== undefined && options.siteId !== site) {
+        throw new ConvergeError('BAD_ARGUMENT', `this database already has site id ${site}`, { siteId: site })
+      }
+      this.siteId = site
+      this.#clock = Number(get('clock') ?? 0)
+      this.#sites = new SiteTable(db)
+      for (const { id, name, hash } of db.prepare(`SELECT id, name, hash FROM ${PREFIX}tables`).all() as {
+        id: number
+        name: string
+        hash: Uint8Array
+      }[]) {
+        const schema = readTableSchema(db, name)
+        if (!schema.hash.every((b, i) => b === hash[i])) {
+          throw new ConvergeError(
+            'SCHEMA_MISMATCH',
+            `synced table ${name} was altered after sync was enabled; this version cannot migrate it`,
+            { table: name },
+          )
+        }
+        this.#tables.set(name, new SyncedTable(db, this.#sites, id, schema))
+      }
+      db.exec('COMMIT')
+    } catch (err) {
+      db.exec('ROLLBACK')
+      throw err
+    }
+  }
+
+  /** Makes a table syncable (idempotent); rows already in it become syncable too. */
+  enableSync(table: string): void {
+    this.#open()
+    if (this.#tables.has(table)) return
+    if (table.startsWith(PREFIX)) throw new ConvergeError('BAD_ARGUMENT', `${table} is an internal table`, { table })
+    const schema = readTableSchema(this.db, table)
+    this.#write(() => {
+      const id = Number(
+        this.db.prepare(`INSERT INTO ${PREFIX}tables (name, hash) VALUES (?, ?)`).run(table, schema.hash)
+          .lastInsertRowid,
+      )
+      this.db.exec(perTableDdl(id, schema.pk.length, schema.data.length))
+      this.db.exec(createTriggersSql(id, schema))
+      const masks = Array.from({ length: maskWords(schema.data.length) }, (_, i) => `m${i}`)
+      const keys = keyColumns(schema.pk.length)
+      this.db.exec(
+        `INSERT INTO ${logTable(id)} (op, ts, ${[...masks, ...keys].join(', ')})
+         SELECT ${OP_INSERT}, ${NOW_MS_SQL}, ${[...masks.map(() => '-1'), ...schema.pk.map((c) => quoteId(c.name))].join(', ')}
+         FROM ${quoteId(table)}`,
+      )
+      const synced = new SyncedTable(this.db, this.#sites, id, schema)
+      this.#tables.set(table, synced)
+      this.#foldAll()
+    })
+  }
+
+  /** Names of the synced tables. */
+  syncedTables(): string[] {
+    return [...this.#tables.keys()]
+  }
+
+  /** What this replica has seen: the highest HLC per origin site. */
+  versionVector(): VersionVector {
+    this.#open()
+    this.#write(() => this.#foldAll())
+    return this.#vector()
+  }
+
+  /**
+   * Every change not covered by `since` (the receiver's {@link versionVector}; none:
+   * everything), as a binary payload for {@link importChanges}.
+   */
+  exportChanges(since: VersionVector = {}, onProgress?: ProgressCallback): Uint8Array {
+    this.#open()
+    checkVector(since)
+    const tables = [...this.#tables.values()]
+    const encoder = new PayloadEncoder(this.siteId, tables.map(wireTable))
+    return this.#write(() => {
+      this.#foldAll()
+      const held = new Map<string, number>()
+      for (const r of this.db.prepare(`SELECT site, held FROM ${PREFIX}sites`).all() as {
+        site: string
+        held: number
+      }[]) {
+        held.set(r.site, r.held)
+      }
+      encodeChanges(encoder, tables, this.#sites, since, scanFloor(held, since), onProgress)
+      return encoder.finish(this.#vector(), since, this.#clock)
+    })
+  }
+
+  /** Merges a payload; atomic and idempotent. */
+  importChanges(payload: Uint8Array, onProgress?: ProgressCallback): ImportResult {
+    this.#open()
+    const decoded = DecodedPayload.open(payload, this.#options.maxPayloadBytes)
+    const { header } = decoded
+    if (header.sender === this.siteId) return { applied: 0, conflicts: 0 }
+    if (exceedsDrift(header.maxHlc, Date.now(), this.#options.maxClockDriftMs)) {
+      const aheadMs = hlcToMillis(header.maxHlc) - Date.now()
+      throw new ConvergeError(
+        'CLOCK_DRIFT',
+        `sender's clock is ${Math.round(aheadMs / 1000)} s ahead of ours (limit ${this.#options.maxClockDriftMs / 1000} s); fix the clock of site ${header.sender}`,
+        { site: header.sender, aheadMs, limitMs: this.#options.maxClockDriftMs },
+      )
+    }
+    const matched = matchTables(decoded, this.#tables)
+    return this.#write(() => {
+      this.db.exec('PRAGMA defer_foreign_keys = ON')
+      this.#foldAll()
+      const known = this.#vector()
+      for (const t of this.#tables.values()) this.db.exec(dropTriggersSql(t.id))
+      const result = applyPayload(decoded, matched, known, onProgress)
+      for (const t of this.#tables.values()) this.db.exec(createTriggersSql(t.id, t.schema))
+      this.#recordConflicts(result.conflicts)
+      const held = this.db.prepare(`UPDATE ${PREFIX}sites SET held = max(held, ?) WHERE idx = ?`)
+      for (const [site, hlc] of result.held) held.run(hlc, this.#sites.idx(site))
+      // Adopt the sender's knowledge only if the payload answered a vector we had reached:
+      // then it holds everything we lacked of what the sender had seen.
+      if (dominates(known, header.since)) {
+        const seen = this.db.prepare(`UPDATE ${PREFIX}sites SET seen = max(seen, ?) WHERE idx = ?`)
+        for (const [site, hlc] of Object.entries(header.vector)) {
+          if (site !== this.siteId) seen.run(hlc, this.#sites.idx(site))
+        }
+      }
+      this.#setClock(Math.max(this.#clock, header.maxHlc))
+      return { applied: result.applied, conflicts: result.conflicts.length }
+    })
+  }
+
+  /** Unresolved entries of the conflict log, oldest first. */
+  conflicts(): Conflict[] {
+    this.#open()
+    const rows = this.db
+      .prepare(
+        `SELECT id, tbl, pk, col, kept, lost, kept_site, lost_site, kept_hlc, lost_hlc, at
+         FROM ${PREFIX}conflicts WHERE resolved IS NULL ORDER BY id`,
+      )
+      .raw()
+      .safeIntegers()
+      .all() as unknown[][]
+    return rows.map((r) => ({
+      id: Number(r[0]),
+      table: r[1] as string,
+      pk: decodeKey(r[2] as Uint8Array).map(toAppValue),
+      column: r[3] as string,
+      kept: toAppValue(r[4] as SqlValue),
+      lost: toAppValue(r[5] as SqlValue),
+      keptSite: r[6] as string,
+      lostSite: r[7] as string,
+      keptAt: hlcToMillis(Number(r[8])),
+      lostAt: hlcToMillis(Number(r[9])),
+      recordedAt: Number(r[10]),
+    }))
+  }
+
+  /**
+   * Closes a conflict: `keep` accepts the merged winner; `restore` writes the lost value
+   * back as a new local write, which then syncs like any other.
+   */
+  resolveConflict(id: number, resolution: 'keep' | 'restore'): void {
+    this.#open()
+    if (resolution !== 'keep' && resolution !== 'restore') {
+      throw new ConvergeError('BAD_ARGUMENT', `resolution must be 'keep' or 'restore'`, { resolution })
+    }
+    this.#write(() => {
+      const row = this.db
+        .prepare(`SELECT tbl, pk, col, lost FROM ${PREFIX}conflicts WHERE id = ? AND resolved IS NULL`)
+        .safeIntegers()
+        .get(id) as { tbl: string; pk: Uint8Array; col: string; lost: SqlValue } | undefined
+      if (!row) throw new ConvergeError('NO_SUCH_CONFLICT', `no unresolved conflict with id ${id}`, { id })
+      if (resolution === 'restore') {
+        const t = this.#tables.get(row.tbl)
+        if (!t) throw new ConvergeError('NOT_SYNCED', `table ${row.tbl} is not synced`, { table: row.tbl })
+        const where = t.schema.pk.map((c) => `${quoteId(c.name)} = ?`).join(' AND ')
+        const changed = this.db
+          .prepare(`UPDATE ${quoteId(row.tbl)} SET ${quoteId(row.col)} = ? WHERE ${where}`)
+          .run(row.lost, ...decodeKey(row.pk)).changes
+        if (changed === 0) {
+          throw new ConvergeError(
+            'CONFLICT_STALE',
+            `the row of conflict ${id} no longer exists; resolve it with 'keep'`,
+            {
+              id,
+            },
+          )
+        }
+      }
+      this.db.prepare(`UPDATE ${PREFIX}conflicts SET resolved = ? WHERE id = ?`).run(resolution, id)
+    })
+  }
+
+  /** Folds pending writes and closes the connection. */
+  close(): void {
+    if (!this.db.open) return
+    this.#write(() => this.#foldAll())
+    this.db.close()
+  }
+
+  /** The synced table of that name, or `NOT_SYNCED`. */
+  table(name: string): SyncedTable {
+    const t = this.#tables.get(name)
+    if (!t)
+      throw new ConvergeError('NOT_SYNCED', `table ${name} is not synced; call enableSync('${name}') first`, {
+        table: name,
+      })
+    return t
+  }
+
+  #open(): void {
+    if (!this.db.open) throw new ConvergeError('CLOSED', 'the replica is closed')
+  }
+
+  #vector(): VersionVector {
+    const out: VersionVector = {}
+    for (const r of this.db.prepare(`SELECT site, seen FROM ${PREFIX}sites WHERE seen > 0`).all() as {
+      site: string
+      seen: number
+    }[]) {
+      out[r.site] = r.seen
+    }
+    return out
+  }
+
+  #foldAll(): void {
+    let clock = this.#clock
+    let folded = 0
+    for (const t of this.#tables.values()) {
+      if (!t.hasPendingWrites()) continue
+      const r = foldTable(t, this.siteId, clock)
+      clock = r.clock
+      folded += r.folded
+    }
+    if (folded > 0) {
+      this.db.prepare(`UPDATE ${PREFIX}sites SET seen = ?, held = ? WHERE idx = 0`).run(clock, clock)
+      this.#setClock(clock)
+    }
+  }
+
+  #setClock(clock: number): void {
+    if (clock === this.#clock) return
+    this.db.prepare(`UPDATE ${PREFIX}state SET value = ? WHERE key = 'clock'`).run(clock)
+    this.#clock = clock
+  }
+
+  #recordConflicts(conflicts: readonly ConflictRecord[]): void {
+    if (!conflicts.length) return
+    const insert = this.db.prepare(
+      `INSERT OR IGNORE INTO ${PREFIX}conflicts (tbl, pk, col, kept, lost, kept_site, kept_hlc, lost_site, lost_hlc, at)
+       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+    )
+    const now = Date.now()
+    for (const c of conflicts) {
+      insert.run(
+        c.table,
+        encodeKey(c.pk),
+        c.column,
+        c.kept,
+        c.lost,
+        c.keptStamp.site,
+        c.keptStamp.hlc,
+        c.lostStamp.site,
+        c.lostStamp.hlc,
+        now,
+      )
+    }
+  }
+
+  /** Runs `fn` in a write transaction (or inside the caller's), rolling back on any error. */
+  #write<T>(fn: () => T): T {
+    if (this.db.inTransaction) return fn()
+    const clock = this.#clock
+    this.db.exec('BEGIN IMMEDIATE')
+    try {
+      const out = fn()
+      this.db.exec('COMMIT')
+      return out
+    } catch (err) {
+      if (this.db.inTransaction) this.db.exec('ROLLBACK')
+      this.#clock = clock
+      this.#sites.reload()
+      throw translateSqliteError(err)
+    }
+  }
+}
+
+function translateSqliteError(err: unknown): unknown {
+  if (err instanceof ConvergeError) return err
+  const code = (err as { code?: unknown })?.code
+  if (typeof code === 'string' && code.startsWith('SQLITE_CONSTRAINT')) {
+    return new ConvergeError(
+      'CONSTRAINT',
+      `a merged change violates a constraint: ${(err as Error).message}`,
+      { sqlite: code },
+      { cause: err },
+    )
+  }
+  return err
+}
+
+function checkVector(v: unknown): asserts v is VersionVector {
+  if (typeof v !== 'object' || v === null || Array.isArray(v)) {
+    throw new ConvergeError('BAD_ARGUMENT', 'a version vector must be an object of site id to number')
+  }
+  for (const [site, hlc] of Object.entries(v)) {
+    if (!SITE_RE.test(site) || !Number.isSafeInteger(hlc) || (hlc as number) < 0) {
+      throw new ConvergeError('BAD_ARGUMENT', `bad version vector entry ${site}: ${String(hlc)}`, { site })
+    }
+  }
+}
+
+function encodeKey(pk: readonly SqlValue[]): Uint8Array {
+  const w = new ByteWriter(32)
+  w.uvarint(pk.length)
+  for (const v of pk) writeValue(w, v)
+  return w.finish().slice()
+}
+
+function decodeKey(bytes: Uint8Array): SqlValue[] {
+  const r = new ByteReader(bytes)
+  const n = r.count()
+  return Array.from({ length: n }, () => readValue(r))
+}

@@ -1,0 +1,64 @@
+/**
+ * Capture triggers: plain SQL that appends one row per write to the table's change log,
+ * with the wall-clock time and, for updates, a bitmask of the columns that changed. They
+ * call no function of ours, so writes from any process or an old `sqlite3` shell are
+ * captured; SQL stays within what SQLite 3.35 understands.
+ */
+import { keyColumns, logTable, MASK_BITS, maskWords, PREFIX } from './metadata.js'
+import type { TableSchema } from './schema.js'
+import { NOW_MS_SQL, quoteId } from './sql.js'
+
+export const OP_INSERT = 1
+export const OP_UPDATE = 2
+export const OP_DELETE = 3
+
+function triggerName(id: number, kind: string): string {
+  return quoteId(`${PREFIX}${id}_${kind}`)
+}
+
+/** DROP statements for every capture trigger of a table. */
+export function dropTriggersSql(id: number): string {
+  return ['ins', 'upd', 'key', 'del'].map((k) => `DROP TRIGGER IF EXISTS ${triggerName(id, k)};`).join('\n')
+}
+
+/** CREATE statements for the capture triggers of a table. */
+export function createTriggersSql(id: number, schema: TableSchema): string {
+  const table = quoteId(schema.name)
+  const log = logTable(id)
+  const keys = keyColumns(schema.pk.length)
+  const words = maskWords(schema.data.length)
+  const masks = Array.from({ length: words }, (_, i) => `m${i}`)
+  const cols = ['op', 'ts', ...masks, ...keys].join(', ')
+  const ref = (prefix: 'NEW' | 'OLD') => schema.pk.map((c) => `${prefix}.${quoteId(c.name)}`).join(', ')
+  const all = masks.map(() => '-1').join(', ')
+  const none = masks.map(() => '0').join(', ')
+  const sameKey = schema.pk.map((c) => `OLD.${quoteId(c.name)} IS NEW.${quoteId(c.name)}`).join(' AND ')
+  // One bit per changed data column; a column with no type affinity also compares storage
+  // class, so 1 replaced by 1.0 still counts as a change.
+  const maskExprs = Array.from({ length: words }, (_, w) => {
+    const parts = schema.data.slice(w * MASK_BITS, (w + 1) * MASK_BITS).map((c, i) => {
+      const o = `OLD.${quoteId(c.name)}`
+      const n = `NEW.${quoteId(c.name)}`
+      const changed = c.affinity === 'BLOB' ? `${o} IS NOT ${n} OR typeof(${o}) <> typeof(${n})` : `${o} IS NOT ${n}`
+      return `(CASE WHEN ${changed} THEN ${2 ** i} ELSE 0 END)`
+    })
+    return parts.length ? parts.join(' | ') : '0'
+  })
+  const anyChanged = masks.map((m) => `${m} <> 0`).join(' OR ')
+  return `
+CREATE TRIGGER IF NOT EXISTS ${triggerName(id, 'ins')} AFTER INSERT ON ${table} BEGIN
+  INSERT INTO ${log} (${cols}) VALUES (${OP_INSERT}, ${NOW_MS_SQL}, ${all}, ${ref('NEW')});
+END;
+CREATE TRIGGER IF NOT EXISTS ${triggerName(id, 'upd')} AFTER UPDATE ON ${table} WHEN ${sameKey} BEGIN
+  INSERT INTO ${log} (${cols}) SELECT ${OP_UPDATE}, ${NOW_MS_SQL}, ${masks.join(', ')}, ${ref('NEW')}
+    FROM (SELECT ${maskExprs.map((e, i) => `${e} AS m${i}`).join(', ')}) WHERE ${anyChanged};
+END;
+CREATE TRIGGER IF NOT EXISTS ${triggerName(id, 'key')} AFTER UPDATE ON ${table} WHEN NOT (${sameKey}) BEGIN
+  INSERT INTO ${log} (${cols}) VALUES (${OP_DELETE}, ${NOW_MS_SQL}, ${none}, ${ref('OLD')});
+  INSERT INTO ${log} (${cols}) VALUES (${OP_INSERT}, ${NOW_MS_SQL}, ${all}, ${ref('NEW')});
+END;
+CREATE TRIGGER IF NOT EXISTS ${triggerName(id, 'del')} AFTER DELETE ON ${table} BEGIN
+  INSERT INTO ${log} (${cols}) VALUES (${OP_DELETE}, ${NOW_MS_SQL}, ${none}, ${ref('OLD')});
+END;
+`
+}

@@ -1,0 +1,190 @@
+/** Growable byte writer and bounds-checked reader: the only place that touches raw offsets. */
+import { ConvergeError } from '../core/errors.js'
+
+const encoder = new TextEncoder()
+const decoder = new TextDecoder('utf-8', { fatal: true })
+
+/** Appends bytes, varints and floats to a buffer that grows by doubling. */
+export class ByteWriter {
+  #buf: Uint8Array
+  #view: DataView
+  #len = 0
+
+  constructor(initial = 1024) {
+    this.#buf = new Uint8Array(initial)
+    this.#view = new DataView(this.#buf.buffer)
+  }
+
+  /** Bytes written so far. */
+  get length(): number {
+    return this.#len
+  }
+
+  #reserve(n: number): void {
+    if (this.#len + n <= this.#buf.length) return
+    let size = this.#buf.length * 2
+    while (size < this.#len + n) size *= 2
+    const next = new Uint8Array(size)
+    next.set(this.#buf.subarray(0, this.#len))
+    this.#buf = next
+    this.#view = new DataView(next.buffer)
+  }
+
+  byte(b: number): void {
+    this.#reserve(1)
+    this.#buf[this.#len++] = b
+  }
+
+  bytes(data: Uint8Array): void {
+    this.#reserve(data.length)
+    this.#buf.set(data, this.#len)
+    this.#len += data.length
+  }
+
+  /** Unsigned varint of a non-negative safe integer (LEB128). */
+  uvarint(n: number): void {
+    this.#reserve(8)
+    while (n >= 0x80) {
+      this.#buf[this.#len++] = (n % 0x80) | 0x80
+      n = Math.floor(n / 0x80)
+    }
+    this.#buf[this.#len++] = n
+  }
+
+  /** Signed varint (zigzag) of a safe integer with |n| < 2^52. */
+  svarint(n: number): void {
+    this.uvarint(n >= 0 ? n * 2 : -n * 2 - 1)
+  }
+
+  /** Signed varint of any 64-bit integer. */
+  bigvarint(n: bigint): void {
+    let z = n >= 0n ? n << 1n : (-n << 1n) - 1n
+    this.#reserve(10)
+    while (z >= 0x80n) {
+      this.#buf[this.#len++] = Number(z & 0x7fn) | 0x80
+      z >>= 7n
+    }
+    this.#buf[this.#len++] = Number(z)
+  }
+
+  f64(x: number): void {
+    this.#reserve(8)
+    this.#view.setFloat64(this.#len, x, true)
+    this.#len += 8
+  }
+
+  /** Length-prefixed UTF-8 string. */
+  string(s: string): void {
+    const data = encoder.encode(s)
+    this.uvarint(data.length)
+    this.bytes(data)
+  }
+
+  /** The bytes written (a view; copy it if the writer is reused). */
+  finish(): Uint8Array {
+    return this.#buf.subarray(0, this.#len)
+  }
+}
+
+/** Reads what {@link ByteWriter} wrote; every read is bounds-checked and fails as `BAD_PAYLOAD`. */
+export class ByteReader {
+  readonly #buf: Uint8Array
+  readonly #view: DataView
+  #pos: number
+  readonly #end: number
+
+  constructor(buf: Uint8Array, start = 0, end = buf.length) {
+    this.#buf = buf
+    this.#view = new DataView(buf.buffer, buf.byteOffset, buf.byteLength)
+    this.#pos = start
+    this.#end = end
+  }
+
+  get position(): number {
+    return this.#pos
+  }
+
+  get remaining(): number {
+    return this.#end - this.#pos
+  }
+
+  #need(n: number): void {
+    if (n < 0 || this.#pos + n > this.#end) throw badPayload('truncated data')
+  }
+
+  byte(): number {
+    this.#need(1)
+    return this.#buf[this.#pos++] as number
+  }
+
+  bytes(n: number): Uint8Array {
+    this.#need(n)
+    const out = this.#buf.subarray(this.#pos, this.#pos + n)
+    this.#pos += n
+    return out
+  }
+
+  uvarint(): number {
+    let result = 0
+    let scale = 1
+    for (let i = 0; i < 8; i++) {
+      const b = this.byte()
+      result += (b & 0x7f) * scale
+      if (b < 0x80) {
+        if (!Number.isSafeInteger(result)) break
+        return result
+      }
+      scale *= 0x80
+    }
+    throw badPayload('varint out of range')
+  }
+
+  svarint(): number {
+    const z = this.uvarint()
+    return z % 2 === 0 ? z / 2 : -(z + 1) / 2
+  }
+
+  bigvarint(): bigint {
+    let z = 0n
+    let shift = 0n
+    for (let i = 0; i < 10; i++) {
+      const b = this.byte()
+      z |= BigInt(b & 0x7f) << shift
+      if (b < 0x80) {
+        const v = (z & 1n) === 0n ? z >> 1n : -((z + 1n) >> 1n)
+        if (v > 0x7fffffffffffffffn || v < -0x8000000000000000n) break
+        return v
+      }
+      shift += 7n
+    }
+    throw badPayload('integer out of range')
+  }
+
+  f64(): number {
+    this.#need(8)
+    const x = this.#view.getFloat64(this.#pos, true)
+    this.#pos += 8
+    return x
+  }
+
+  /** A count that must fit in what is left, at `minBytes` per item. */
+  count(minBytes = 1): number {
+    const n = this.uvarint()
+    if (n * minBytes > this.remaining) throw badPayload('count exceeds data')
+    return n
+  }
+
+  string(): string {
+    const data = this.bytes(this.count())
+    try {
+      return decoder.decode(data)
+    } catch {
+      throw badPayload('invalid UTF-8')
+    }
+  }
+}
+
+/** The error every malformed byte sequence raises. */
+export function badPayload(reason: string): ConvergeError {
+  return new ConvergeError('BAD_PAYLOAD', `malformed payload: ${reason}`, { reason })
+}

@@ -1,0 +1,441 @@
+/**
+ * The change payload: a binary, versioned, checksummed container of row and cell versions.
+ *
+ *   magic "CVRG" | format u8 | flags u8 | header | chunks | sha256 of all preceding bytes
+ *
+ * The header names the sender, its vector, the `since` the export answered, an upper bound
+ * of every HLC inside, and each table's schema. Chunks hold up to a few thousand rows of
+ * one table, laid out column by column and deflated, so neither side needs the whole
+ * uncompressed body in memory. See docs/design.md for the byte layout.
+ */
+import { sha256 } from '@noble/hashes/sha2.js'
+import { deflateSync, inflateSync } from 'fflate'
+import { ConvergeError } from '../core/errors.js'
+import type { CellStamp, Stamp } from '../core/merge.js'
+import type { SqlValue } from '../core/values.js'
+import type { VersionVector } from '../core/version-vector.js'
+import { ByteReader, ByteWriter, badPayload } from './bytes.js'
+import { readValue, writeValue } from './values.js'
+
+export const PAYLOAD_MAGIC = new Uint8Array([0x43, 0x56, 0x52, 0x47]) // "CVRG"
+export const PAYLOAD_FORMAT = 1
+const CHECKSUM_BYTES = 32
+const SITE_BYTES = 16
+/** No chunk inflates beyond this, whatever its header claims. */
+export const MAX_CHUNK_RAW_BYTES = 64 * 1024 * 1024
+
+const F_PRESENT = 1
+const F_ROW_STAMP = 2
+const F_PREV = 4
+const F_OLD_LIFE = 8
+
+/** A table as the payload describes it. */
+export interface WireTable {
+  readonly name: string
+  /** 16-byte schema hash. */
+  readonly hash: Uint8Array
+  /** Number of leading columns that form the primary key. */
+  readonly pkCount: number
+  /** Column names, primary key first (in key order). */
+  readonly columns: readonly string[]
+  /** Column affinities, parallel to `columns`. */
+  readonly affinities: readonly string[]
+}
+
+/** One cell version with its value. */
+export interface WireCell {
+  readonly stamp: CellStamp
+  readonly value: SqlValue
+}
+
+/** One row: key, causal length with the stamp that set it, and cells for the non-key columns. */
+export interface WireRow {
+  readonly pk: SqlValue[]
+  readonly cl: number
+  readonly clStamp: Stamp
+  /** Parallel to the table's non-key columns; null where the payload carries no version. */
+  readonly cells: (WireCell | null)[]
+}
+
+/** Everything in a payload except its rows. */
+export interface PayloadHeader {
+  readonly sender: string
+  readonly vector: VersionVector
+  readonly since: VersionVector
+  readonly maxHlc: number
+  readonly tables: readonly WireTable[]
+  /** Rows per table, parallel to `tables`. */
+  readonly rowCounts: readonly number[]
+  readonly chunkCount: number
+}
+
+/** Builds a payload chunk by chunk; only compressed chunks stay in memory. */
+export class PayloadEncoder {
+  readonly #sites: string[] = []
+  readonly #siteIndex = new Map<string, number>()
+  readonly #tables: WireTable[]
+  readonly #rowCounts: number[]
+  readonly #chunks: Uint8Array[] = []
+  #chunkCount = 0
+  readonly #level: 0 | 1 | 2 | 3 | 4 | 5 | 6 | 7 | 8 | 9
+
+  constructor(sender: string, tables: WireTable[], level: 0 | 1 | 2 | 3 | 4 | 5 | 6 | 7 | 8 | 9 = 6) {
+    this.#tables = tables
+    this.#rowCounts = tables.map(() => 0)
+    this.#level = level
+    this.#site(sender)
+  }
+
+  #site(site: string): number {
+    let i = this.#siteIndex.get(site)
+    if (i === undefined) {
+      i = this.#sites.length
+      this.#sites.push(site)
+      this.#siteIndex.set(site, i)
+    }
+    return i
+  }
+
+  /** Number of rows added so far. */
+  get rows(): number {
+    return this.#rowCounts.reduce((a, b) => a + b, 0)
+  }
+
+  /** Encodes and compresses one chunk of rows of table number `table`. */
+  addChunk(table: number, rows: readonly WireRow[]): void {
+    const t = this.#tables[table]
+    if (t === undefined || rows.length === 0) return
+    const sections: Uint8Array[] = []
+    for (let p = 0; p < t.pkCount; p++) {
+      const w = new ByteWriter(rows.length * 8)
+      for (const row of rows) writeValue(w, row.pk[p] as SqlValue)
+      sections.push(w.finish())
+    }
+    const rw = new ByteWriter(rows.length * 4)
+    let lastHlc = 0
+    for (const row of rows) {
+      rw.uvarint(row.cl)
+      rw.svarint(row.clStamp.hlc - lastHlc)
+      lastHlc = row.clStamp.hlc
+      rw.uvarint(this.#site(row.clStamp.site))
+    }
+    sections.push(rw.finish())
+    const dataCount = t.columns.length - t.pkCount
+    for (let c = 0; c < dataCount; c++) {
+      const w = new ByteWriter(rows.length * 16)
+      for (const row of rows) {
+        const cell = row.cells[c]
+        if (!cell) {
+          w.byte(0)
+          continue
+        }
+        const s = cell.stamp
+        const sameAsRow = s.cl === row.cl && s.hlc === row.clStamp.hlc && s.site === row.clStamp.site
+        const flags =
+          F_PRESENT | (sameAsRow ? F_ROW_STAMP : 0) | (s.prev ? F_PREV : 0) | (s.cl !== row.cl ? F_OLD_LIFE : 0)
+        w.byte(flags)
+        if (s.cl !== row.cl) w.uvarint(row.cl - s.cl)
+        if (!sameAsRow) {
+          w.svarint(s.hlc - row.clStamp.hlc)
+          w.uvarint(this.#site(s.site))
+        }
+        if (s.prev) {
+          w.uvarint(s.prev.cl)
+          w.svarint(s.prev.hlc - row.clStamp.hlc)
+          w.uvarint(this.#site(s.prev.site))
+        }
+        writeValue(w, cell.value)
+      }
+      sections.push(w.finish())
+    }
+    let total = 0
+    for (const s of sections) total += s.length + 5
+    const body = new ByteWriter(total)
+    for (const s of sections) {
+      body.uvarint(s.length)
+      body.bytes(s)
+    }
+    const raw = body.finish()
+    const compressed = deflateSync(raw, { level: this.#level })
+    const head = new ByteWriter(24)
+    head.uvarint(table)
+    head.uvarint(rows.length)
+    head.uvarint(raw.length)
+    head.uvarint(compressed.length)
+    this.#chunks.push(head.finish().slice(), compressed)
+    this.#rowCounts[table] = (this.#rowCounts[table] as number) + rows.length
+    this.#chunkCount++
+  }
+
+  /** Writes header, chunks and checksum into one buffer. */
+  finish(vector: VersionVector, since: VersionVector, maxHlc: number): Uint8Array {
+    for (const site of Object.keys(vector)) this.#site(site)
+    const h = new ByteWriter(256)
+    h.bytes(PAYLOAD_MAGIC)
+    h.byte(PAYLOAD_FORMAT)
+    h.byte(0)
+    h.uvarint(this.#sites.length)
+    for (const site of this.#sites) h.bytes(hexToBytes(site))
+    writeVector(h, vector, (s) => this.#site(s))
+    const sinceEntries = Object.entries(since)
+    h.uvarint(sinceEntries.length)
+    for (const [site, hlc] of sinceEntries) {
+      h.bytes(hexToBytes(site))
+      h.uvarint(hlc)
+    }
+    h.uvarint(maxHlc)
+    h.uvarint(this.#tables.length)
+    this.#tables.forEach((t, i) => {
+      h.string(t.name)
+      h.bytes(t.hash)
+      h.uvarint(t.pkCount)
+      h.uvarint(t.columns.length)
+      t.columns.forEach((c, j) => {
+        h.string(c)
+        h.string(t.affinities[j] as string)
+      })
+      h.uvarint(this.#rowCounts[i] as number)
+    })
+    h.uvarint(this.#chunkCount)
+    const head = h.finish()
+    let size = head.length + CHECKSUM_BYTES
+    for (const c of this.#chunks) size += c.length
+    const out = new Uint8Array(size)
+    out.set(head, 0)
+    let pos = head.length
+    for (const c of this.#chunks) {
+      out.set(c, pos)
+      pos += c.length
+    }
+    out.set(sha256(out.subarray(0, pos)), pos)
+    return out
+  }
+}
+
+function writeVector(w: ByteWriter, vector: VersionVector, index: (site: string) => number): void {
+  const entries = Object.entries(vector)
+  w.uvarint(entries.length)
+  for (const [site, hlc] of entries) {
+    w.uvarint(index(site))
+    w.uvarint(hlc)
+  }
+}
+
+/** A payload whose framing and checksum were verified; rows are decoded lazily by chunk. */
+export class DecodedPayload {
+  readonly header: PayloadHeader
+  readonly #buf: Uint8Array
+  readonly #sites: string[]
+  readonly #chunksStart: number
+  readonly #chunksEnd: number
+
+  private constructor(header: PayloadHeader, buf: Uint8Array, sites: string[], start: number, end: number) {
+    this.header = header
+    this.#buf = buf
+    this.#sites = sites
+    this.#chunksStart = start
+    this.#chunksEnd = end
+  }
+
+  /** Verifies magic, format and checksum, and decodes the header. */
+  static open(buf: Uint8Array, maxBytes: number): DecodedPayload {
+    if (!(buf instanceof Uint8Array)) throw badPayload('payload must be a Uint8Array')
+    if (buf.length > maxBytes) {
+      throw new ConvergeError('BAD_PAYLOAD', `payload of ${buf.length} bytes exceeds the limit of ${maxBytes}`, {
+        reason: 'too large',
+        bytes: buf.length,
+        limit: maxBytes,
+      })
+    }
+    if (buf.length < PAYLOAD_MAGIC.length + 2 + CHECKSUM_BYTES) throw badPayload('too short')
+    for (let i = 0; i < PAYLOAD_MAGIC.length; i++) {
+      if (buf[i] !== PAYLOAD_MAGIC[i]) throw badPayload('not a sqlite-converge payload (bad magic)')
+    }
+    const format = buf[PAYLOAD_MAGIC.length]
+    if (format !== PAYLOAD_FORMAT) throw badPayload(`unsupported format version ${format}`)
+    const end = buf.length - CHECKSUM_BYTES
+    const digest = sha256(buf.subarray(0, end))
+    for (let i = 0; i < CHECKSUM_BYTES; i++) {
+      if (digest[i] !== buf[end + i]) throw badPayload('checksum mismatch')
+    }
+    const r = new ByteReader(buf, PAYLOAD_MAGIC.length + 2, end)
+    const siteCount = r.count(SITE_BYTES)
+    if (siteCount === 0) throw badPayload('no sender')
+    const sites: string[] = []
+    for (let i = 0; i < siteCount; i++) sites.push(bytesToHex(r.bytes(SITE_BYTES)))
+    const vector: VersionVector = {}
+    const vectorCount = r.count(2)
+    for (let i = 0; i < vectorCount; i++) {
+      const site = sites[r.uvarint()]
+      if (site === undefined) throw badPayload('vector names an unknown site')
+      vector[site] = r.uvarint()
+    }
+    const since: VersionVector = {}
+    const sinceCount = r.count(SITE_BYTES + 1)
+    for (let i = 0; i < sinceCount; i++) {
+      const site = bytesToHex(r.bytes(SITE_BYTES))
+      since[site] = r.uvarint()
+    }
+    const maxHlc = r.uvarint()
+    for (const hlc of Object.values(vector)) if (hlc > maxHlc) throw badPayload('vector beyond declared clock')
+    const tableCount = r.count(20)
+    const tables: WireTable[] = []
+    const rowCounts: number[] = []
+    for (let i = 0; i < tableCount; i++) {
+      const name = r.string()
+      const hash = r.bytes(16).slice()
+      const pkCount = r.uvarint()
+      const colCount = r.count(2)
+      if (pkCount < 1 || pkCount > colCount) throw badPayload(`table ${name}: bad key column count`)
+      const columns: string[] = []
+      const affinities: string[] = []
+      for (let j = 0; j < colCount; j++) {
+        columns.push(r.string())
+        affinities.push(r.string())
+      }
+      if (new Set(columns).size !== columns.length) throw badPayload(`table ${name}: duplicate column`)
+      tables.push({ name, hash, pkCount, columns, affinities })
+      rowCounts.push(r.uvarint())
+    }
+    if (new Set(tables.map((t) => t.name)).size !== tables.length) throw badPayload('duplicate table')
+    const chunkCount = r.count(4)
+    const header: PayloadHeader = {
+      sender: sites[0] as string,
+      vector,
+      since,
+      maxHlc,
+      tables,
+      rowCounts,
+      chunkCount,
+    }
+    return new DecodedPayload(header, buf, sites, r.position, end)
+  }
+
+  /** Decodes chunks one at a time, validating every field; throws `BAD_PAYLOAD` on any defect. */
+  *chunks(): Generator<{ table: number; rows: WireRow[] }> {
+    const r = new ByteReader(this.#buf, this.#chunksStart, this.#chunksEnd)
+    const seen = this.header.rowCounts.map(() => 0)
+    for (let i = 0; i < this.header.chunkCount; i++) {
+      const table = r.uvarint()
+      const t = this.header.tables[table]
+      if (t === undefined) throw badPayload('chunk names an unknown table')
+      const rowCount = r.uvarint()
+      const rawLen = r.uvarint()
+      const compLen = r.uvarint()
+      if (rowCount === 0 || rawLen > MAX_CHUNK_RAW_BYTES || rowCount > rawLen) throw badPayload('bad chunk size')
+      const compressed = r.bytes(compLen)
+      let raw: Uint8Array
+      try {
+        raw = inflateSync(compressed, { out: new Uint8Array(rawLen + 1) })
+      } catch {
+        throw badPayload('corrupt compressed chunk')
+      }
+      if (raw.length !== rawLen) throw badPayload('chunk length mismatch')
+      yield { table, rows: this.#decodeChunk(t, rowCount, raw) }
+      seen[table] = (seen[table] as number) + rowCount
+    }
+    if (r.remaining !== 0) throw badPayload('trailing bytes')
+    seen.forEach((n, i) => {
+      if (n !== this.header.rowCounts[i]) throw badPayload('row count mismatch')
+    })
+  }
+
+  #siteAt(i: number): string {
+    const s = this.#sites[i]
+    if (s === undefined) throw badPayload('unknown site index')
+    return s
+  }
+
+  #hlc(h: number): number {
+    if (h < 0 || h > this.header.maxHlc) throw badPayload('clock value outside declared range')
+    return h
+  }
+
+  #decodeChunk(t: WireTable, n: number, raw: Uint8Array): WireRow[] {
+    const body = new ByteReader(raw)
+    const section = (): ByteReader => {
+      const len = body.uvarint()
+      const start = body.position
+      body.bytes(len)
+      return new ByteReader(raw, start, start + len)
+    }
+    const pks: SqlValue[][] = Array.from({ length: n }, () => [])
+    for (let p = 0; p < t.pkCount; p++) {
+      const s = section()
+      for (let i = 0; i < n; i++) {
+        const v = readValue(s)
+        if (v === null) throw badPayload('NULL in primary key')
+        ;(pks[i] as SqlValue[]).push(v)
+      }
+      if (s.remaining) throw badPayload('section overrun')
+    }
+    const rs = section()
+    const rows: WireRow[] = []
+    let lastHlc = 0
+    for (let i = 0; i < n; i++) {
+      const cl = rs.uvarint()
+      if (cl < 1) throw badPayload('causal length must be positive')
+      lastHlc += rs.svarint()
+      rows.push({
+        pk: pks[i] as SqlValue[],
+        cl,
+        clStamp: { cl, hlc: this.#hlc(lastHlc), site: this.#siteAt(rs.uvarint()) },
+        cells: [],
+      })
+    }
+    if (rs.remaining) throw badPayload('section overrun')
+    const dataCount = t.columns.length - t.pkCount
+    for (let c = 0; c < dataCount; c++) {
+      const s = section()
+      for (const row of rows) {
+        const flags = s.byte()
+        if (flags === 0) {
+          row.cells.push(null)
+          continue
+        }
+        if (flags & ~(F_PRESENT | F_ROW_STAMP | F_PREV | F_OLD_LIFE) || !(flags & F_PRESENT)) {
+          throw badPayload('bad cell flags')
+        }
+        if (row.cl % 2 === 0) throw badPayload('cell on a deleted row')
+        let cl = row.cl
+        if (flags & F_OLD_LIFE) {
+          const back = s.uvarint()
+          if (back < 1 || back >= row.cl || back % 2) throw badPayload('bad cell life')
+          cl = row.cl - back
+        }
+        let hlc = row.clStamp.hlc
+        let site = row.clStamp.site
+        if (!(flags & F_ROW_STAMP)) {
+          hlc = this.#hlc(row.clStamp.hlc + s.svarint())
+          site = this.#siteAt(s.uvarint())
+        } else if (flags & F_OLD_LIFE) {
+          throw badPayload('bad cell flags')
+        }
+        let prev: Stamp | null = null
+        if (flags & F_PREV) {
+          const pcl = s.uvarint()
+          const phlc = this.#hlc(row.clStamp.hlc + s.svarint())
+          prev = { cl: pcl, hlc: phlc, site: this.#siteAt(s.uvarint()) }
+        }
+        row.cells.push({ stamp: { cl, hlc, site, prev }, value: readValue(s) })
+      }
+      if (s.remaining) throw badPayload('section overrun')
+    }
+    if (body.remaining) throw badPayload('chunk overrun')
+    return rows
+  }
+}
+
+const HEX = Array.from({ length: 256 }, (_, i) => i.toString(16).padStart(2, '0'))
+
+export function bytesToHex(b: Uint8Array): string {
+  let s = ''
+  for (let i = 0; i < b.length; i++) s += HEX[b[i] as number]
+  return s
+}
+
+export function hexToBytes(hex: string): Uint8Array {
+  const out = new Uint8Array(hex.length / 2)
+  for (let i = 0; i < out.length; i++) out[i] = Number.parseInt(hex.slice(i * 2, i * 2 + 2), 16)
+  return out
+}

@@ -1,0 +1,62 @@
+/** Type-tagged encoding of SQLite values; equal values always give equal bytes. */
+import type { SqlValue } from '../core/values.js'
+import { type ByteReader, type ByteWriter, badPayload } from './bytes.js'
+
+const TAG_NULL = 0
+const TAG_INT = 1
+const TAG_BIGINT = 2
+const TAG_REAL = 3
+const TAG_TEXT = 4
+const TAG_BLOB = 5
+
+const SMALL = 2n ** 52n
+
+export function writeValue(w: ByteWriter, value: SqlValue): void {
+  if (value === null) {
+    w.byte(TAG_NULL)
+  } else if (typeof value === 'bigint') {
+    if (value < SMALL && value > -SMALL) {
+      w.byte(TAG_INT)
+      w.svarint(Number(value))
+    } else {
+      w.byte(TAG_BIGINT)
+      w.bigvarint(value)
+    }
+  } else if (typeof value === 'number') {
+    w.byte(TAG_REAL)
+    w.f64(value)
+  } else if (typeof value === 'string') {
+    w.byte(TAG_TEXT)
+    w.string(value)
+  } else {
+    w.byte(TAG_BLOB)
+    w.uvarint(value.length)
+    w.bytes(value)
+  }
+}
+
+export function readValue(r: ByteReader): SqlValue {
+  const tag = r.byte()
+  switch (tag) {
+    case TAG_NULL:
+      return null
+    case TAG_INT:
+      return BigInt(r.svarint())
+    case TAG_BIGINT: {
+      const v = r.bigvarint()
+      if (v < SMALL && v > -SMALL) throw badPayload('non-canonical integer')
+      return v
+    }
+    case TAG_REAL: {
+      const x = r.f64()
+      if (Number.isNaN(x)) throw badPayload('NaN is not a SQLite value')
+      return x
+    }
+    case TAG_TEXT:
+      return r.string()
+    case TAG_BLOB:
+      return r.bytes(r.count()).slice()
+    default:
+      throw badPayload(`unknown value tag ${tag}`)
+  }
+}
