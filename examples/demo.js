@@ -23,7 +23,9 @@ try {
   const laptop = openReplica(join(dir, 'laptop.db'))
   const phone = openReplica(join(dir, 'phone.db'))
   for (const r of [laptop, phone]) {
-    r.db.exec('CREATE TABLE IF NOT EXISTS todos (id TEXT PRIMARY KEY, title TEXT NOT NULL, done INTEGER NOT NULL DEFAULT 0)')
+    r.db.exec(
+      'CREATE TABLE IF NOT EXISTS todos (id TEXT PRIMARY KEY, title TEXT NOT NULL, done INTEGER NOT NULL DEFAULT 0)',
+    )
     r.enableSync('todos')
   }
   console.log(`laptop site ${laptop.siteId}\nphone  site ${phone.siteId}\n`)
@@ -53,7 +55,9 @@ try {
   console.log('\n4. Nothing was lost: the conflict log keeps the overwritten title.')
   for (const r of [laptop, phone]) {
     for (const c of r.conflicts()) {
-      console.log(`  on ${r === laptop ? 'laptop' : 'phone'}: ${c.table}.${c.column} of ${JSON.stringify(c.pk)} kept ${JSON.stringify(c.kept)}, lost ${JSON.stringify(c.lost)}`)
+      console.log(
+        `  on ${r === laptop ? 'laptop' : 'phone'}: ${c.table}.${c.column} of ${JSON.stringify(c.pk)} kept ${JSON.stringify(c.kept)}, lost ${JSON.stringify(c.lost)}`,
+      )
     }
   }
   const same =

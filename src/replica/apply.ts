@@ -4,10 +4,11 @@
  * so a payload imported twice changes nothing the second time.
  */
 import { ConvergeError } from '../core/errors.js'
-import { type CellStamp, compareStamps, mergeRow, type RowState } from '../core/merge.js'
+import { type CellStamp, compareStamps, isAlive, mergeRow, type RowState } from '../core/merge.js'
 import type { SqlValue } from '../core/values.js'
 import { covers, type VersionVector } from '../core/version-vector.js'
 import type { DecodedPayload, WireTable } from '../wire/payload.js'
+import { keyString } from './fold.js'
 import { describeColumnDifference } from './schema.js'
 import type { SyncedTable } from './synced-table.js'
 
@@ -90,19 +91,45 @@ export function applyPayload(
     if (!match) continue
     const [t, mapping] = match
     const n = t.dataCount
+    const existing = t.existingKeys(rows.map((r) => r.pk))
+    const queued = new Set<string>()
     for (const row of rows) {
       const cells: (CellStamp | null)[] = new Array(n).fill(null)
       const values: SqlValue[] = new Array(n).fill(null)
       let fresh = !covers(known, row.clStamp.site, row.clStamp.hlc)
-      row.cells.forEach((cell, j) => {
-        if (cell === null || covers(known, cell.stamp.site, cell.stamp.hlc)) return
+      let present = 0
+      for (let j = 0; j < row.stamps.length; j++) {
+        const stamp = row.stamps[j] as CellStamp | null
+        if (stamp === null || covers(known, stamp.site, stamp.hlc)) continue
         const c = mapping[j] as number
-        cells[c] = cell.stamp
-        values[c] = cell.value
+        cells[c] = stamp
+        values[c] = row.values[j] as SqlValue
         fresh = true
-      })
+        present++
+        hold(stamp.site, stamp.hlc)
+      }
       if (!fresh) continue
+      hold(row.clStamp.site, row.clStamp.hlc)
       const incoming: RowState = { cl: row.cl, clStamp: row.clStamp, cells }
+      const key = keyString(row.pk)
+      if (!existing.has(key) && !queued.has(key)) {
+        // A key never seen here: the join with nothing is the incoming row itself.
+        queued.add(key)
+        applied += 1 + present
+        if (!isAlive(row.cl) || present === n) {
+          t.queueFresh(row.pk, incoming, isAlive(row.cl) ? values : null)
+        } else {
+          const cols = cells.flatMap((c, i) => (c ? [i] : []))
+          t.insertRow(
+            row.pk,
+            cols,
+            cols.map((c) => values[c] as SqlValue),
+          )
+          t.queueFresh(row.pk, incoming, null)
+        }
+        continue
+      }
+      t.flushFresh()
       const local = t.loadState(row.pk)
       const m = mergeRow(local, incoming)
       const before = m.conflicts.length && m.wasAlive ? t.readValues(row.pk) : undefined
@@ -138,12 +165,11 @@ export function applyPayload(
         })
       }
       const stateChanged =
-        m.lifeChanged || m.won.length > 0 || local === null || compareStamps(m.state.clStamp, local.clStamp) !== 0
+        local === null || m.lifeChanged || m.won.length > 0 || compareStamps(m.state.clStamp, local.clStamp) !== 0
       if (stateChanged) t.saveState(row.pk, m.state)
       applied += (m.lifeChanged ? 1 : 0) + m.won.length
-      hold(row.clStamp.site, row.clStamp.hlc)
-      for (const c of cells) if (c) hold(c.site, c.hlc)
     }
+    t.flushFresh()
     seenRows += rows.length
     onProgress?.(seenRows)
   }

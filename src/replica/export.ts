@@ -2,7 +2,7 @@
 import type { CellStamp } from '../core/merge.js'
 import type { SqlValue } from '../core/values.js'
 import { covers, type VersionVector } from '../core/version-vector.js'
-import type { PayloadEncoder, WireCell, WireRow, WireTable } from '../wire/payload.js'
+import type { PayloadEncoder, WireRow, WireTable } from '../wire/payload.js'
 import { decodeRow, type SiteTable, type StoredRow } from './metadata.js'
 import type { SyncedTable } from './synced-table.js'
 
@@ -52,18 +52,19 @@ export function encodeChanges(
       const state = decodeRow(raw.slice(k, k + 5) as StoredRow, n, sites)
       const values = raw.slice(k + 5) as SqlValue[]
       let any = !covers(since, state.clStamp.site, state.clStamp.hlc)
-      const cells: (WireCell | null)[] = new Array(n)
+      let stamps = state.cells
       for (let c = 0; c < n; c++) {
-        const stamp = state.cells[c] as CellStamp | null
-        if (stamp === null || covers(since, stamp.site, stamp.hlc)) {
-          cells[c] = null
-        } else {
-          cells[c] = { stamp, value: values[c] as SqlValue }
+        const stamp = stamps[c] as CellStamp | null
+        if (stamp === null) continue
+        if (!covers(since, stamp.site, stamp.hlc)) {
           any = true
+        } else {
+          if (stamps === state.cells) stamps = stamps.slice()
+          ;(stamps as (CellStamp | null)[])[c] = null
         }
       }
       if (!any) continue
-      rows.push({ pk: raw.slice(0, k) as SqlValue[], cl: state.cl, clStamp: state.clStamp, cells })
+      rows.push({ pk: raw.slice(0, k) as SqlValue[], cl: state.cl, clStamp: state.clStamp, stamps, values })
       if (rows.length === CHUNK_ROWS) {
         encoder.addChunk(ti, rows)
         onProgress?.(encoder.rows)

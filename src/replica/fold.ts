@@ -51,6 +51,8 @@ function changedColumns(masks: readonly unknown[], dataCount: number): number[] 
 export function foldTable(table: SyncedTable, site: string, clock: number): { clock: number; folded: number } {
   const words = maskWords(table.dataCount)
   const n = table.dataCount
+  const bulk = table.foldFreshInserts(clock)
+  if (bulk !== null) return { clock: Math.max(clock, bulk.clock), folded: bulk.folded }
   let after = 0n
   let folded = 0
   for (;;) {

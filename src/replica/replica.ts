@@ -5,7 +5,7 @@ import { type AppValue, type SqlValue, toAppValue } from '../core/values.js'
 import { dominates, type VersionVector } from '../core/version-vector.js'
 import type { SqliteDatabase } from '../driver/types.js'
 import { ByteReader, ByteWriter } from '../wire/bytes.js'
-import { bytesToHex, DecodedPayload, PayloadEncoder } from '../wire/payload.js'
+import { bytesToHex, DecodedPayload, type DeflateCodec, fflateCodec, PayloadEncoder } from '../wire/payload.js'
 import { readValue, writeValue } from '../wire/values.js'
 import { applyPayload, type ConflictRecord, matchTables } from './apply.js'
 import { encodeChanges, scanFloor, wireTable } from './export.js'
@@ -24,6 +24,8 @@ export interface ReplicaOptions {
   maxClockDriftMs?: number
   /** Refuse payloads larger than this many bytes (default 1 GiB). */
   maxPayloadBytes?: number
+  /** Deflate implementation for payload chunks (default: fflate; Node's entry point passes node:zlib). */
+  codec?: DeflateCodec
 }
 
 /** Result of {@link Replica.importChanges}. */
@@ -60,6 +62,8 @@ export type ProgressCallback = (rows: number) => void
 const SITE_RE = /^[0-9a-f]{32}$/
 const DEFAULT_DRIFT_MS = 5 * 60 * 1000
 const DEFAULT_MAX_PAYLOAD = 1024 * 1024 * 1024
+/** Folding at least this many log rows frees enough pages to be worth returning. */
+const VACUUM_AFTER_FOLDED = 1000
 
 function randomSiteId(): string {
   return bytesToHex(crypto.getRandomValues(new Uint8Array(16)))
@@ -74,6 +78,8 @@ export class Replica {
   readonly #sites: SiteTable
   readonly #tables = new Map<string, SyncedTable>()
   #clock: number
+  /** True when the file uses incremental auto-vacuum (new files do). */
+  readonly #incrementalVacuum: boolean = false
 
   constructor(db: SqliteDatabase, options: ReplicaOptions = {}) {
     if (options.siteId !== undefined && !SITE_RE.test(options.siteId)) {
@@ -83,10 +89,16 @@ export class Replica {
     this.#options = Object.freeze({
       maxClockDriftMs: options.maxClockDriftMs ?? DEFAULT_DRIFT_MS,
       maxPayloadBytes: options.maxPayloadBytes ?? DEFAULT_MAX_PAYLOAD,
+      codec: options.codec ?? fflateCodec,
     })
+    // A new file gets incremental auto-vacuum (it can only be chosen before the first
+    // table exists), so pages the change log frees after a fold go back to the OS.
+    const fresh = db.prepare(`SELECT count(*) AS n FROM sqlite_schema`).get() as { n: number }
+    if (fresh.n === 0) db.exec('PRAGMA auto_vacuum = INCREMENTAL')
     db.exec('BEGIN IMMEDIATE')
     try {
       db.exec(METADATA_DDL)
+      this.#incrementalVacuum = (db.prepare('PRAGMA auto_vacuum').get() as { auto_vacuum: number }).auto_vacuum === 2
       const get = (key: string) =>
         (db.prepare(`SELECT value FROM ${PREFIX}state WHERE key = ?`).get(key) as { value: unknown } | undefined)?.value
       let site = get('site') as string | undefined
@@ -168,7 +180,7 @@ export class Replica {
     this.#open()
     checkVector(since)
     const tables = [...this.#tables.values()]
-    const encoder = new PayloadEncoder(this.siteId, tables.map(wireTable))
+    const encoder = new PayloadEncoder(this.siteId, tables.map(wireTable), this.#options.codec)
     return this.#write(() => {
       this.#foldAll()
       const held = new Map<string, number>()
@@ -186,7 +198,7 @@ export class Replica {
   /** Merges a payload; atomic and idempotent. */
   importChanges(payload: Uint8Array, onProgress?: ProgressCallback): ImportResult {
     this.#open()
-    const decoded = DecodedPayload.open(payload, this.#options.maxPayloadBytes)
+    const decoded = DecodedPayload.open(payload, this.#options.maxPayloadBytes, this.#options.codec)
     const { header } = decoded
     if (header.sender === this.siteId) return { applied: 0, conflicts: 0 }
     if (exceedsDrift(header.maxHlc, Date.now(), this.#options.maxClockDriftMs)) {
@@ -328,6 +340,7 @@ export class Replica {
       this.db.prepare(`UPDATE ${PREFIX}sites SET seen = ?, held = ? WHERE idx = 0`).run(clock, clock)
       this.#setClock(clock)
     }
+    if (folded >= VACUUM_AFTER_FOLDED && this.#incrementalVacuum) this.db.exec('PRAGMA incremental_vacuum')
   }
 
   #setClock(clock: number): void {

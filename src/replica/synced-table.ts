@@ -1,7 +1,9 @@
 /** A synced table: its schema, its metadata tables and the prepared statements that touch them. */
+import { HLC_TICKS_PER_MS } from '../core/hlc.js'
 import type { RowState } from '../core/merge.js'
 import type { SqlValue } from '../core/values.js'
 import type { SqliteDatabase, SqliteStatement } from '../driver/types.js'
+import { keyString } from './fold.js'
 import {
   decodeRow,
   encodeRow,
@@ -14,9 +16,14 @@ import {
 } from './metadata.js'
 import type { TableSchema } from './schema.js'
 import { placeholders, quoteId } from './sql.js'
+import { OP_INSERT } from './triggers.js'
 
 /** Rows of the change log read per fold step; bounds the memory a fold uses. */
 export const FOLD_BATCH = 8192
+/** Rows per multi-row INSERT of keys never seen before. */
+const INSERT_BATCH = 64
+/** Keys per existence query. */
+const KEY_LOOKUP_BATCH = 500
 
 export class SyncedTable {
   readonly id: number
@@ -31,6 +38,11 @@ export class SyncedTable {
   readonly #readValues: SqliteStatement
   readonly #deleteRow: SqliteStatement
   readonly #inserts = new Map<string, SqliteStatement>()
+  readonly #multi = new Map<string, SqliteStatement>()
+  #freshRows: unknown[] = []
+  #freshRowCount = 0
+  #freshStates: unknown[] = []
+  #freshStateCount = 0
   readonly #updates = new Map<string, SqliteStatement>()
   /** `WHERE` clause matching the user table's key columns to parameters. */
   readonly #keyWhere: string
@@ -75,6 +87,45 @@ export class SyncedTable {
     return this.#logAny.get() !== undefined
   }
 
+  /**
+   * Set-based fold for the bulk-load case: when every pending log row inserts a key this
+   * replica has never seen, and no key repeats, each becomes a fresh row state in one
+   * statement (the metadata table's primary key rejects anything else, and the savepoint
+   * undoes the attempt). With r_i = seq_i - minSeq + 1 (strictly increasing), HLCs are
+   * hlc_i = r_i + max(base, max over j <= i of (ts_j * 1024 - r_j)): strictly increasing,
+   * above `base`, never before the write's wall time, and equal to the row-by-row fold's
+   * max(hlc_{i-1} + 1, ts_i * 1024) when seqs are contiguous. Returns the last HLC and
+   * the number of log rows folded, or null
+   * when the log does not qualify (the caller then folds row by row).
+   */
+  foldFreshInserts(base: number): { clock: number; folded: number } | null {
+    const keys = keyColumns(this.schema.pk.length).join(', ')
+    const log = logTable(this.id)
+    const s = this.#db
+      .prepare(
+        `SELECT count(*) AS n, min(seq) AS lo, max(seq) AS hi, min(op) AS opLo, max(op) AS opHi, max(ts * ${HLC_TICKS_PER_MS} - seq) AS lead FROM ${log}`,
+      )
+      .get() as { n: number; lo: number | null; hi: number; opLo: number; opHi: number; lead: number }
+    if (s.lo === null || s.opLo !== OP_INSERT || s.opHi !== OP_INSERT) return null
+    const r = `(seq - ${s.lo} + 1)`
+    const hlc = `${r} + max(?, max(ts * ${HLC_TICKS_PER_MS} - seq) OVER (ORDER BY seq ROWS UNBOUNDED PRECEDING) + ${s.lo - 1})`
+    this.#db.exec('SAVEPOINT converge_fold')
+    try {
+      this.#db
+        .prepare(
+          `INSERT INTO ${rowsTable(this.id)} (${keys}, cl, clh, cls, md, v) SELECT ${keys}, 1, ${hlc}, 0, 0, NULL FROM ${log} ORDER BY seq`,
+        )
+        .run(base)
+    } catch (err) {
+      this.#db.exec('ROLLBACK TO converge_fold; RELEASE converge_fold')
+      if (String((err as { code?: unknown }).code).startsWith('SQLITE_CONSTRAINT')) return null
+      throw err
+    }
+    this.#db.exec('RELEASE converge_fold')
+    this.#db.prepare(`DELETE FROM ${log}`).run()
+    return { clock: s.hi - s.lo + 1 + Math.max(base, s.lead + s.lo - 1), folded: s.n }
+  }
+
   /** Up to {@link FOLD_BATCH} log rows after `seq`: [seq, op, ts, ...masks, ...key]. */
   logBatch(afterSeq: bigint): unknown[][] {
     return this.#logBatch.all(afterSeq) as unknown[][]
@@ -92,6 +143,80 @@ export class SyncedTable {
 
   saveState(pk: readonly SqlValue[], state: RowState): void {
     this.#putRow.run(...pk, ...encodeRow(state, this.#sites))
+  }
+
+  /** The keys among `pks` that have merge state here, as {@link keyString}s. */
+  existingKeys(pks: readonly (readonly SqlValue[])[]): Set<string> {
+    const found = new Set<string>()
+    const k = this.schema.pk.length
+    const keys = keyColumns(k)
+    const tuple = k === 1 ? '?' : `(${placeholders(k)})`
+    for (let i = 0; i < pks.length; i += KEY_LOOKUP_BATCH) {
+      const part = pks.slice(i, i + KEY_LOOKUP_BATCH)
+      const list = k === 1 ? part.map(() => tuple).join(', ') : `VALUES ${part.map(() => tuple).join(', ')}`
+      const lhs = k === 1 ? keys[0] : `(${keys.join(', ')})`
+      const rows = this.#db
+        .prepare(`SELECT ${keys.join(', ')} FROM ${rowsTable(this.id)} WHERE ${lhs} IN (${list})`)
+        .raw()
+        .safeIntegers()
+        .all(...part.flat()) as SqlValue[][]
+      for (const row of rows) found.add(keyString(row))
+    }
+    return found
+  }
+
+  /**
+   * Queues a key never seen here: its merge state and, when `values` holds every data
+   * column, the row itself. Queued rows are written by {@link flushFresh} in multi-row
+   * statements, which costs far less per row than one statement each.
+   */
+  queueFresh(pk: readonly SqlValue[], state: RowState, values: readonly SqlValue[] | null): void {
+    if (values !== null) {
+      this.#freshRows.push(...pk, ...values)
+      if (++this.#freshRowCount === INSERT_BATCH) this.#flushRows()
+    }
+    this.#freshStates.push(...pk, ...encodeRow(state, this.#sites))
+    if (++this.#freshStateCount === INSERT_BATCH) this.#flushStates()
+  }
+
+  /** Writes everything {@link queueFresh} holds. */
+  flushFresh(): void {
+    this.#flushRows()
+    this.#flushStates()
+  }
+
+  #flushRows(): void {
+    if (this.#freshRowCount === 0) return
+    const width = this.schema.pk.length + this.dataCount
+    const names = [...this.schema.pk, ...this.schema.data].map((c) => quoteId(c.name)).join(', ')
+    this.#multiInsert(
+      `INSERT INTO ${quoteId(this.name)} (${names}) VALUES`,
+      width,
+      this.#freshRowCount,
+      this.#freshRows,
+    )
+    this.#freshRows = []
+    this.#freshRowCount = 0
+  }
+
+  #flushStates(): void {
+    if (this.#freshStateCount === 0) return
+    const keys = keyColumns(this.schema.pk.length)
+    const sql = `INSERT INTO ${rowsTable(this.id)} (${keys.join(', ')}, cl, clh, cls, md, v) VALUES`
+    this.#multiInsert(sql, keys.length + 5, this.#freshStateCount, this.#freshStates)
+    this.#freshStates = []
+    this.#freshStateCount = 0
+  }
+
+  #multiInsert(prefix: string, width: number, count: number, params: unknown[]): void {
+    const key = `${prefix}|${count}`
+    let stmt = this.#multi.get(key)
+    if (!stmt) {
+      const tuple = `(${placeholders(width)})`
+      stmt = this.#db.prepare(`${prefix} ${Array.from({ length: count }, () => tuple).join(', ')}`)
+      if (count === INSERT_BATCH) this.#multi.set(key, stmt)
+    }
+    stmt.run(...params)
   }
 
   /** Current values of the data columns of a live row, or undefined. */
@@ -144,7 +269,9 @@ export class SyncedTable {
     const keys = keyColumns(this.schema.pk.length)
     const on = this.schema.pk.map((c, i) => `t.${quoteId(c.name)} = r.${keys[i]}`).join(' AND ')
     const values = this.schema.data.map((c) => `t.${quoteId(c.name)}`)
-    const sql = `SELECT ${[...keys.map((k) => `r.${k}`), 'r.cl', 'r.clh', 'r.cls', 'r.md', 'r.v', ...values].join(', ')}
+    // Metadata integers read as REAL: exact below 2^53 and no BigInt per column per row.
+    const meta = ['cl', 'clh', 'cls', 'md'].map((c) => `CAST(r.${c} AS REAL)`)
+    const sql = `SELECT ${[...keys.map((k) => `r.${k}`), ...meta, 'r.v', ...values].join(', ')}
       FROM ${rowsTable(this.id)} r LEFT JOIN ${quoteId(this.name)} t ON ${on}
       WHERE r.clh + r.md > ?`
     return this.#db.prepare(sql).raw().safeIntegers().iterate(minHlc) as IterableIterator<unknown[]>

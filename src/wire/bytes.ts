@@ -75,9 +75,27 @@ export class ByteWriter {
 
   /** Length-prefixed UTF-8 string. */
   string(s: string): void {
-    const data = encoder.encode(s)
-    this.uvarint(data.length)
-    this.bytes(data)
+    const n = s.length
+    let ascii = true
+    for (let i = 0; i < n; i++) {
+      if (s.charCodeAt(i) > 0x7f) {
+        ascii = false
+        break
+      }
+    }
+    if (!ascii) {
+      const data = encoder.encode(s)
+      this.uvarint(data.length)
+      this.bytes(data)
+      return
+    }
+    // ASCII (ids, most text): copy code units directly, no intermediate buffer.
+    this.uvarint(n)
+    this.#reserve(n)
+    const buf = this.#buf
+    let pos = this.#len
+    for (let i = 0; i < n; i++) buf[pos++] = s.charCodeAt(i)
+    this.#len = pos
   }
 
   /** The bytes written (a view; copy it if the writer is reused). */

@@ -24,6 +24,27 @@ const SITE_BYTES = 16
 /** No chunk inflates beyond this, whatever its header claims. */
 export const MAX_CHUNK_RAW_BYTES = 64 * 1024 * 1024
 
+/**
+ * Raw deflate (RFC 1951) for chunk bodies. The default is fflate, pure JavaScript that runs
+ * in any runtime; the Node entry point passes node:zlib, which is several times faster.
+ * Both produce and read the same format.
+ */
+export interface DeflateCodec {
+  /** Compresses; level 1 is enough: payloads are mostly ids and text. */
+  deflate(raw: Uint8Array): Uint8Array
+  /**
+   * Decompresses data expected to inflate to exactly `rawLen` bytes; must throw, or return
+   * a different length, when the data is corrupt or inflates to more.
+   */
+  inflate(data: Uint8Array, rawLen: number): Uint8Array
+}
+
+export const fflateCodec: DeflateCodec = {
+  deflate: (raw) => deflateSync(raw, { level: 1 }),
+  // fflate stops at the end of `out`: one spare byte tells "more than announced" apart.
+  inflate: (data, rawLen) => inflateSync(data, { out: new Uint8Array(rawLen + 1) }),
+}
+
 const F_PRESENT = 1
 const F_ROW_STAMP = 2
 const F_PREV = 4
@@ -42,19 +63,18 @@ export interface WireTable {
   readonly affinities: readonly string[]
 }
 
-/** One cell version with its value. */
-export interface WireCell {
-  readonly stamp: CellStamp
-  readonly value: SqlValue
-}
-
-/** One row: key, causal length with the stamp that set it, and cells for the non-key columns. */
+/**
+ * One row: key, causal length with the stamp that set it, and for each non-key column the
+ * cell's stamp (null where the payload carries no version) and value.
+ */
 export interface WireRow {
   readonly pk: SqlValue[]
   readonly cl: number
   readonly clStamp: Stamp
   /** Parallel to the table's non-key columns; null where the payload carries no version. */
-  readonly cells: (WireCell | null)[]
+  readonly stamps: readonly (CellStamp | null)[]
+  /** Parallel to `stamps`; meaningless where the stamp is null. */
+  readonly values: readonly SqlValue[]
 }
 
 /** Everything in a payload except its rows. */
@@ -77,12 +97,12 @@ export class PayloadEncoder {
   readonly #rowCounts: number[]
   readonly #chunks: Uint8Array[] = []
   #chunkCount = 0
-  readonly #level: 0 | 1 | 2 | 3 | 4 | 5 | 6 | 7 | 8 | 9
+  readonly #codec: DeflateCodec
 
-  constructor(sender: string, tables: WireTable[], level: 0 | 1 | 2 | 3 | 4 | 5 | 6 | 7 | 8 | 9 = 6) {
+  constructor(sender: string, tables: WireTable[], codec: DeflateCodec = fflateCodec) {
     this.#tables = tables
     this.#rowCounts = tables.map(() => 0)
-    this.#level = level
+    this.#codec = codec
     this.#site(sender)
   }
 
@@ -124,12 +144,11 @@ export class PayloadEncoder {
     for (let c = 0; c < dataCount; c++) {
       const w = new ByteWriter(rows.length * 16)
       for (const row of rows) {
-        const cell = row.cells[c]
-        if (!cell) {
+        const s = row.stamps[c]
+        if (!s) {
           w.byte(0)
           continue
         }
-        const s = cell.stamp
         const sameAsRow = s.cl === row.cl && s.hlc === row.clStamp.hlc && s.site === row.clStamp.site
         const flags =
           F_PRESENT | (sameAsRow ? F_ROW_STAMP : 0) | (s.prev ? F_PREV : 0) | (s.cl !== row.cl ? F_OLD_LIFE : 0)
@@ -144,7 +163,7 @@ export class PayloadEncoder {
           w.svarint(s.prev.hlc - row.clStamp.hlc)
           w.uvarint(this.#site(s.prev.site))
         }
-        writeValue(w, cell.value)
+        writeValue(w, row.values[c] as SqlValue)
       }
       sections.push(w.finish())
     }
@@ -156,7 +175,7 @@ export class PayloadEncoder {
       body.bytes(s)
     }
     const raw = body.finish()
-    const compressed = deflateSync(raw, { level: this.#level })
+    const compressed = this.#codec.deflate(raw)
     const head = new ByteWriter(24)
     head.uvarint(table)
     head.uvarint(rows.length)
@@ -228,8 +247,17 @@ export class DecodedPayload {
   readonly #sites: string[]
   readonly #chunksStart: number
   readonly #chunksEnd: number
+  readonly #codec: DeflateCodec
 
-  private constructor(header: PayloadHeader, buf: Uint8Array, sites: string[], start: number, end: number) {
+  private constructor(
+    header: PayloadHeader,
+    buf: Uint8Array,
+    sites: string[],
+    start: number,
+    end: number,
+    codec: DeflateCodec,
+  ) {
+    this.#codec = codec
     this.header = header
     this.#buf = buf
     this.#sites = sites
@@ -238,7 +266,7 @@ export class DecodedPayload {
   }
 
   /** Verifies magic, format and checksum, and decodes the header. */
-  static open(buf: Uint8Array, maxBytes: number): DecodedPayload {
+  static open(buf: Uint8Array, maxBytes: number, codec: DeflateCodec = fflateCodec): DecodedPayload {
     if (!(buf instanceof Uint8Array)) throw badPayload('payload must be a Uint8Array')
     if (buf.length > maxBytes) {
       throw new ConvergeError('BAD_PAYLOAD', `payload of ${buf.length} bytes exceeds the limit of ${maxBytes}`, {
@@ -308,7 +336,7 @@ export class DecodedPayload {
       rowCounts,
       chunkCount,
     }
-    return new DecodedPayload(header, buf, sites, r.position, end)
+    return new DecodedPayload(header, buf, sites, r.position, end, codec)
   }
 
   /** Decodes chunks one at a time, validating every field; throws `BAD_PAYLOAD` on any defect. */
@@ -326,7 +354,7 @@ export class DecodedPayload {
       const compressed = r.bytes(compLen)
       let raw: Uint8Array
       try {
-        raw = inflateSync(compressed, { out: new Uint8Array(rawLen + 1) })
+        raw = this.#codec.inflate(compressed, rawLen)
       } catch {
         throw badPayload('corrupt compressed chunk')
       }
@@ -370,7 +398,7 @@ export class DecodedPayload {
       if (s.remaining) throw badPayload('section overrun')
     }
     const rs = section()
-    const rows: WireRow[] = []
+    const rows: { pk: SqlValue[]; cl: number; clStamp: Stamp; stamps: (CellStamp | null)[]; values: SqlValue[] }[] = []
     let lastHlc = 0
     for (let i = 0; i < n; i++) {
       const cl = rs.uvarint()
@@ -380,7 +408,8 @@ export class DecodedPayload {
         pk: pks[i] as SqlValue[],
         cl,
         clStamp: { cl, hlc: this.#hlc(lastHlc), site: this.#siteAt(rs.uvarint()) },
-        cells: [],
+        stamps: [],
+        values: [],
       })
     }
     if (rs.remaining) throw badPayload('section overrun')
@@ -390,7 +419,8 @@ export class DecodedPayload {
       for (const row of rows) {
         const flags = s.byte()
         if (flags === 0) {
-          row.cells.push(null)
+          row.stamps.push(null)
+          row.values.push(null)
           continue
         }
         if (flags & ~(F_PRESENT | F_ROW_STAMP | F_PREV | F_OLD_LIFE) || !(flags & F_PRESENT)) {
@@ -417,7 +447,8 @@ export class DecodedPayload {
           const phlc = this.#hlc(row.clStamp.hlc + s.svarint())
           prev = { cl: pcl, hlc: phlc, site: this.#siteAt(s.uvarint()) }
         }
-        row.cells.push({ stamp: { cl, hlc, site, prev }, value: readValue(s) })
+        row.stamps.push({ cl, hlc, site, prev })
+        row.values.push(readValue(s))
       }
       if (s.remaining) throw badPayload('section overrun')
     }
