@@ -88,7 +88,9 @@ describe('value codec', () => {
     writeValue(w, 'hello world')
     const bytes = w.finish()
     for (let n = 0; n < bytes.length; n++) {
-      expect(() => readValue(new ByteReader(bytes.subarray(0, n)))).toThrow(expect.objectContaining({ code: 'BAD_PAYLOAD' }))
+      expect(() => readValue(new ByteReader(bytes.subarray(0, n)))).toThrow(
+        expect.objectContaining({ code: 'BAD_PAYLOAD' }),
+      )
     }
   })
   it('varints round-trip across the safe range', () => {
