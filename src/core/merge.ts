@@ -1,13 +1,13 @@
 /**
  * The merge rule, whole. Rows carry a causal length (odd: alive, even: deleted); cells
- * carry a stamp (causal length of the row life they belong to, HLC, origin site). The
- * higher stamp wins, compared as (cl, hlc, site); so a later life beats any cell of an
- * earlier one, and within a life the later write wins, ties broken by site id.
+ * carry a stamp (causal length of the row life they belong to, HLC, origin site). A row
+ * of a later life replaces an earlier one with all its cells; within a life each cell
+ * takes the later write, ties broken by site id.
  */
 
 /** Who wrote a cell version, and when. */
 export interface Stamp {
-  /** Causal length of the row life the write belongs to. */
+  /** Causal length of the row life the write belongs to (a cell's is always its row's). */
   readonly cl: number
   /** Hybrid logical clock of the write. */
   readonly hlc: number
@@ -135,45 +135,58 @@ export interface RowMerge {
 }
 
 /**
- * Joins an incoming row into the local state: the causal length is the maximum, each cell
- * the higher stamp; a dead row holds no cells. Commutative, associative and idempotent.
- * `incoming.cells` must already be aligned to the local data columns.
+ * Joins an incoming row into the local state. The state is ordered lexicographically: a
+ * higher causal length wins outright (its cells replace the row's, a dead row holds none);
+ * at equal causal length each cell takes the higher stamp. Every cell belongs to its row's
+ * current life, so this is a join: commutative, associative and idempotent.
+ * `incoming.cells` must already be aligned to the local data columns. `won` lists the cells
+ * whose value must be written; a row starting a newer life should carry all its cells
+ * (the import leaves out one that does not), or columns it lacks lose their version.
  */
 export function mergeRow(local: RowState | null, incoming: RowState): RowMerge {
   const n = incoming.cells.length
-  const wasAlive = local !== null && isAlive(local.cl)
-  let cl = local?.cl ?? 0
-  let clStamp = local?.clStamp ?? incoming.clStamp
-  let lifeChanged = false
-  if (incoming.cl > cl) {
-    cl = incoming.cl
-    clStamp = incoming.clStamp
-    lifeChanged = true
-  } else if (incoming.cl === cl && compareStamps(incoming.clStamp, clStamp) > 0) {
-    clStamp = incoming.clStamp
-  }
-  const alive = isAlive(cl)
+  const localCl = local?.cl ?? 0
+  const wasAlive = isAlive(localCl)
   const won: number[] = []
   const conflicts: MergeConflict[] = []
-  let cells: (CellStamp | null)[]
-  if (!alive) {
-    cells = new Array<CellStamp | null>(n).fill(null)
-  } else {
-    cells = wasAlive && local ? local.cells.slice() : new Array<CellStamp | null>(n).fill(null)
-    for (let c = 0; c < n; c++) {
-      const inc = incoming.cells[c]
-      if (!inc) continue
-      const cur = cells[c] ?? null
-      const order = cur === null ? 1 : compareStamps(inc, cur)
-      if (order > 0) {
-        if (cur !== null && isConflict(inc, cur))
-          conflicts.push({ column: c, incomingWon: true, winner: inc, loser: cur })
-        cells[c] = inc
-        won.push(c)
-      } else if (order < 0 && cur !== null && isConflict(cur, inc)) {
-        conflicts.push({ column: c, incomingWon: false, winner: cur, loser: inc })
-      }
+  if (local === null || incoming.cl > localCl) {
+    const alive = isAlive(incoming.cl)
+    const cells = alive ? incoming.cells.slice() : new Array<CellStamp | null>(n).fill(null)
+    for (let c = 0; c < n; c++) if (cells[c]) won.push(c)
+    return {
+      state: { cl: incoming.cl, clStamp: incoming.clStamp, cells },
+      wasAlive,
+      alive,
+      lifeChanged: true,
+      won,
+      conflicts,
     }
   }
-  return { state: { cl, clStamp, cells }, wasAlive, alive, lifeChanged, won, conflicts }
+  if (incoming.cl < localCl) return { state: local, wasAlive, alive: wasAlive, lifeChanged: false, won, conflicts }
+  const clStamp = compareStamps(incoming.clStamp, local.clStamp) > 0 ? incoming.clStamp : local.clStamp
+  if (!wasAlive)
+    return {
+      state: { cl: localCl, clStamp, cells: local.cells },
+      wasAlive,
+      alive: false,
+      lifeChanged: false,
+      won,
+      conflicts,
+    }
+  const cells = local.cells.slice()
+  for (let c = 0; c < n; c++) {
+    const inc = incoming.cells[c]
+    if (!inc) continue
+    const cur = cells[c] ?? null
+    const order = cur === null ? 1 : compareStamps(inc, cur)
+    if (order > 0) {
+      if (cur !== null && isConflict(inc, cur))
+        conflicts.push({ column: c, incomingWon: true, winner: inc, loser: cur })
+      cells[c] = inc
+      won.push(c)
+    } else if (order < 0 && cur !== null && isConflict(cur, inc)) {
+      conflicts.push({ column: c, incomingWon: false, winner: cur, loser: inc })
+    }
+  }
+  return { state: { cl: localCl, clStamp, cells }, wasAlive, alive: true, lifeChanged: false, won, conflicts }
 }

@@ -25,6 +25,8 @@ export interface ConflictRecord {
 
 export interface ApplyResult {
   applied: number
+  /** Rows left out because they would start a row life without all its cells. */
+  skipped: number
   conflicts: ConflictRecord[]
   /** Highest HLC applied per origin site. */
   held: Map<string, number>
@@ -80,6 +82,7 @@ export function applyPayload(
   onProgress?: (rows: number) => void,
 ): ApplyResult {
   let applied = 0
+  let skipped = 0
   let seenRows = 0
   const conflicts: ConflictRecord[] = []
   const held = new Map<string, number>()
@@ -106,31 +109,33 @@ export function applyPayload(
         values[c] = row.values[j] as SqlValue
         fresh = true
         present++
-        hold(stamp.site, stamp.hlc)
       }
       if (!fresh) continue
-      hold(row.clStamp.site, row.clStamp.hlc)
-      const incoming: RowState = { cl: row.cl, clStamp: row.clStamp, cells }
+      // A life this replica lacks must arrive whole, or the row would mix lives. It always
+      // does when the payload answered our own vector; one exported for another peer may
+      // omit cells that peer had, and such rows wait for an exchange that brings them.
+      const complete = !isAlive(row.cl) || present === n
       const key = keyString(row.pk)
-      if (!existing.has(key) && !queued.has(key)) {
+      const unseen = !existing.has(key) && !queued.has(key)
+      let local: RowState | null = null
+      if (!unseen) {
+        t.flushFresh()
+        local = t.loadState(row.pk)
+      }
+      if (!complete && (local === null || row.cl > local.cl)) {
+        skipped++
+        continue
+      }
+      hold(row.clStamp.site, row.clStamp.hlc)
+      for (const c of cells) if (c) hold(c.site, c.hlc)
+      const incoming: RowState = { cl: row.cl, clStamp: row.clStamp, cells }
+      if (unseen) {
         // A key never seen here: the join with nothing is the incoming row itself.
         queued.add(key)
         applied += 1 + present
-        if (!isAlive(row.cl) || present === n) {
-          t.queueFresh(row.pk, incoming, isAlive(row.cl) ? values : null)
-        } else {
-          const cols = cells.flatMap((c, i) => (c ? [i] : []))
-          t.insertRow(
-            row.pk,
-            cols,
-            cols.map((c) => values[c] as SqlValue),
-          )
-          t.queueFresh(row.pk, incoming, null)
-        }
+        t.queueFresh(row.pk, incoming, isAlive(row.cl) ? values : null)
         continue
       }
-      t.flushFresh()
-      const local = t.loadState(row.pk)
       const m = mergeRow(local, incoming)
       const before = m.conflicts.length && m.wasAlive ? t.readValues(row.pk) : undefined
       if (m.wasAlive && !m.alive) {
@@ -173,5 +178,5 @@ export function applyPayload(
     seenRows += rows.length
     onProgress?.(seenRows)
   }
-  return { applied, conflicts, held }
+  return { applied, skipped, conflicts, held }
 }

@@ -9,6 +9,11 @@ import type { SyncedTable } from './synced-table.js'
 /** Rows per payload chunk: large enough to compress well, small enough to bound memory. */
 export const CHUNK_ROWS = 4096
 
+/** Concatenates iterables made one at a time (one open SQLite iterator at a time). */
+function* chain<A, T>(args: readonly A[], make: (arg: A) => Iterable<T>): Generator<T> {
+  for (const arg of args) yield* make(arg)
+}
+
 /** The payload description of a synced table. */
 export function wireTable(t: SyncedTable): WireTable {
   const cols = [...t.schema.pk, ...t.schema.data]
@@ -48,7 +53,8 @@ export function encodeChanges(
     const k = t.schema.pk.length
     const n = t.dataCount
     let rows: WireRow[] = []
-    for (const raw of t.iterateChanged(floor)) {
+    // Deletions first, so a receiver frees UNIQUE values before rows that reuse them arrive.
+    for (const raw of chain([false, true], (alive) => t.iterateChanged(floor, alive))) {
       const state = decodeRow(raw.slice(k, k + 5) as StoredRow, n, sites)
       const values = raw.slice(k + 5) as SqlValue[]
       let any = !covers(since, state.clStamp.site, state.clStamp.hlc)

@@ -5,11 +5,11 @@
  * in batches, so a million pending writes fold in bounded memory.
  */
 import { nextHlc } from '../core/hlc.js'
-import { localDelete, localInsert, localUpdate, type RowState } from '../core/merge.js'
+import { isAlive, localDelete, localInsert, localUpdate, type RowState } from '../core/merge.js'
 import type { SqlValue } from '../core/values.js'
 import { MASK_BITS, maskWords } from './metadata.js'
 import type { SyncedTable } from './synced-table.js'
-import { OP_DELETE, OP_INSERT, OP_UPDATE } from './triggers.js'
+import { OP_CHECK, OP_DELETE, OP_INSERT, OP_UPDATE } from './triggers.js'
 
 /** A key as a Map key: storage class and value, so 1 and '1' stay apart. */
 export function keyString(pk: readonly SqlValue[]): string {
@@ -71,8 +71,11 @@ export function foldTable(table: SyncedTable, site: string, clock: number): { cl
       }
       if (op === OP_INSERT) item.state = localInsert(item.state, clock, site, n)
       else if (op === OP_DELETE) item.state = localDelete(item.state, clock, site, n)
-      else if (op === OP_UPDATE)
+      else if (op === OP_UPDATE) {
         item.state = localUpdate(item.state, changedColumns(entry.slice(3, 3 + words), n), clock, site, n)
+      } else if (op === OP_CHECK && item.state !== null && isAlive(item.state.cl) && !table.rowExists(pk)) {
+        item.state = localDelete(item.state, clock, site, n)
+      }
       after = entry[0] as bigint
     }
     for (const { pk, state } of pending.values()) if (state !== null) table.saveState(pk, state)

@@ -123,7 +123,6 @@ export class SiteTable {
 const F_PRESENT = 1
 const F_ROW_STAMP = 2
 const F_PREV = 4
-const F_OLD_LIFE = 8
 
 /** A row of the metadata table, as stored. */
 export type StoredRow = [
@@ -154,7 +153,6 @@ export function decodeRow(stored: StoredRow, dataCount: number, sites: SiteTable
       cells[c] = null
       continue
     }
-    const ccl = flags & F_OLD_LIFE ? cl - r.uvarint() : cl
     let hlc = clh
     let site = clSite
     if (!(flags & F_ROW_STAMP)) {
@@ -167,7 +165,7 @@ export function decodeRow(stored: StoredRow, dataCount: number, sites: SiteTable
       const phlc = clh + r.svarint()
       prev = { cl: pcl, hlc: phlc, site: sites.hex(r.uvarint()) }
     }
-    cells[c] = { cl: ccl, hlc, site, prev }
+    cells[c] = { cl, hlc, site, prev }
   }
   return { cl, clStamp, cells }
 }
@@ -183,7 +181,7 @@ export function encodeRow(state: RowState, sites: SiteTable): [number, number, n
       continue
     }
     if (cell.hlc > max) max = cell.hlc
-    if (cell.cl !== cl || cell.hlc !== clStamp.hlc || cell.site !== clStamp.site || cell.prev !== null) uniform = false
+    if (cell.hlc !== clStamp.hlc || cell.site !== clStamp.site || cell.prev !== null) uniform = false
   }
   const head: [number, number, number, number] = [cl, clStamp.hlc, sites.idx(clStamp.site), max - clStamp.hlc]
   if (uniform || !isAlive(cl)) return [...head, null]
@@ -193,9 +191,8 @@ export function encodeRow(state: RowState, sites: SiteTable): [number, number, n
       w.byte(0)
       continue
     }
-    const sameAsRow = cell.cl === cl && cell.hlc === clStamp.hlc && cell.site === clStamp.site
-    w.byte(F_PRESENT | (sameAsRow ? F_ROW_STAMP : 0) | (cell.prev ? F_PREV : 0) | (cell.cl !== cl ? F_OLD_LIFE : 0))
-    if (cell.cl !== cl) w.uvarint(cl - cell.cl)
+    const sameAsRow = cell.hlc === clStamp.hlc && cell.site === clStamp.site
+    w.byte(F_PRESENT | (sameAsRow ? F_ROW_STAMP : 0) | (cell.prev ? F_PREV : 0))
     if (!sameAsRow) {
       w.svarint(cell.hlc - clStamp.hlc)
       w.uvarint(sites.idx(cell.site))

@@ -222,7 +222,7 @@ export class Replica {
       for (const [site, hlc] of result.held) held.run(hlc, this.#sites.idx(site))
       // Adopt the sender's knowledge only if the payload answered a vector we had reached:
       // then it holds everything we lacked of what the sender had seen.
-      if (dominates(known, header.since)) {
+      if (result.skipped === 0 && dominates(known, header.since)) {
         const seen = this.db.prepare(`UPDATE ${PREFIX}sites SET seen = max(seen, ?) WHERE idx = ?`)
         for (const [site, hlc] of Object.entries(header.vector)) {
           if (site !== this.siteId) seen.run(hlc, this.#sites.idx(site))

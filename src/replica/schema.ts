@@ -23,6 +23,11 @@ export interface TableSchema {
   readonly data: readonly ColumnInfo[]
   /** 16 bytes: hash of name, key columns and data columns with their affinities. */
   readonly hash: Uint8Array
+  /**
+   * Column lists of the UNIQUE constraints and indexes other than the primary key (those on
+   * plain columns): a REPLACE that conflicts on one deletes a row without a DELETE trigger.
+   */
+  readonly uniques: readonly (readonly string[])[]
 }
 
 /** SQLite's affinity rules (section 3.1 of the datatype documentation). */
@@ -67,7 +72,23 @@ export function readTableSchema(db: SqliteDatabase, table: string): TableSchema 
     )
   }
   const data = rows.filter((c) => c.pk === 0).map(toInfo)
-  return { name: table, pk, data, hash: schemaHash(table, pk, data) }
+  return { name: table, pk, data, hash: schemaHash(table, pk, data), uniques: uniqueColumnSets(db, table) }
+}
+
+function uniqueColumnSets(db: SqliteDatabase, table: string): string[][] {
+  const indexes = db
+    .prepare(`SELECT name FROM pragma_index_list(${quoteString(table)}) WHERE "unique" = 1 AND origin <> 'pk'`)
+    .all() as { name: string }[]
+  const sets: string[][] = []
+  for (const { name } of indexes) {
+    const cols = db.prepare(`SELECT cid, name FROM pragma_index_info(${quoteString(name)})`).all() as {
+      cid: number
+      name: string | null
+    }[]
+    // Indexes on expressions or the rowid cannot be matched column by column; see docs/design.md.
+    if (cols.length && cols.every((c) => c.cid >= 0 && c.name !== null)) sets.push(cols.map((c) => c.name as string))
+  }
+  return sets
 }
 
 /**

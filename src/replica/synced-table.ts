@@ -37,6 +37,7 @@ export class SyncedTable {
   readonly #logAny: SqliteStatement
   readonly #readValues: SqliteStatement
   readonly #deleteRow: SqliteStatement
+  readonly #rowExists: SqliteStatement
   readonly #inserts = new Map<string, SqliteStatement>()
   readonly #multi = new Map<string, SqliteStatement>()
   #freshRows: unknown[] = []
@@ -72,6 +73,7 @@ export class SyncedTable {
     const dataList = schema.data.length ? schema.data.map((c) => quoteId(c.name)).join(', ') : 'NULL'
     this.#readValues = db.prepare(`SELECT ${dataList} FROM ${table} WHERE ${this.#keyWhere}`).raw().safeIntegers()
     this.#deleteRow = db.prepare(`DELETE FROM ${table} WHERE ${this.#keyWhere}`)
+    this.#rowExists = db.prepare(`SELECT 1 FROM ${table} WHERE ${this.#keyWhere}`).raw()
   }
 
   get name(): string {
@@ -224,6 +226,11 @@ export class SyncedTable {
     return this.#readValues.get(...pk) as SqlValue[] | undefined
   }
 
+  /** True when the user table holds a row with this key. */
+  rowExists(pk: readonly SqlValue[]): boolean {
+    return this.#rowExists.get(...pk) !== undefined
+  }
+
   deleteRow(pk: readonly SqlValue[]): void {
     this.#deleteRow.run(...pk)
   }
@@ -262,10 +269,11 @@ export class SyncedTable {
   }
 
   /**
-   * Every metadata row whose newest stamp is above `minHlc`, joined with the live values:
+   * Every metadata row of live (or of deleted) keys whose newest stamp is above `minHlc`,
+   * joined with the live values:
    * [...key, cl, clh, cls, md, v, ...data values]. Iterates; run nothing else meanwhile.
    */
-  iterateChanged(minHlc: number): IterableIterator<unknown[]> {
+  iterateChanged(minHlc: number, alive: boolean): IterableIterator<unknown[]> {
     const keys = keyColumns(this.schema.pk.length)
     const on = this.schema.pk.map((c, i) => `t.${quoteId(c.name)} = r.${keys[i]}`).join(' AND ')
     const values = this.schema.data.map((c) => `t.${quoteId(c.name)}`)
@@ -273,7 +281,11 @@ export class SyncedTable {
     const meta = ['cl', 'clh', 'cls', 'md'].map((c) => `CAST(r.${c} AS REAL)`)
     const sql = `SELECT ${[...keys.map((k) => `r.${k}`), ...meta, 'r.v', ...values].join(', ')}
       FROM ${rowsTable(this.id)} r LEFT JOIN ${quoteId(this.name)} t ON ${on}
-      WHERE r.clh + r.md > ?`
-    return this.#db.prepare(sql).raw().safeIntegers().iterate(minHlc) as IterableIterator<unknown[]>
+      WHERE r.clh + r.md > ? AND r.cl % 2 = ?`
+    return this.#db
+      .prepare(sql)
+      .raw()
+      .safeIntegers()
+      .iterate(minHlc, alive ? 1 : 0) as IterableIterator<unknown[]>
   }
 }

@@ -11,6 +11,8 @@ import { NOW_MS_SQL, quoteId } from './sql.js'
 export const OP_INSERT = 1
 export const OP_UPDATE = 2
 export const OP_DELETE = 3
+/** A row may have been deleted by a REPLACE on another UNIQUE constraint: the fold checks. */
+export const OP_CHECK = 4
 
 function triggerName(id: number, kind: string): string {
   return quoteId(`${PREFIX}${id}_${kind}`)
@@ -18,7 +20,9 @@ function triggerName(id: number, kind: string): string {
 
 /** DROP statements for every capture trigger of a table. */
 export function dropTriggersSql(id: number): string {
-  return ['ins', 'upd', 'key', 'del'].map((k) => `DROP TRIGGER IF EXISTS ${triggerName(id, k)};`).join('\n')
+  return ['ins', 'upd', 'key', 'del', 'uins', 'uupd']
+    .map((k) => `DROP TRIGGER IF EXISTS ${triggerName(id, k)};`)
+    .join('\n')
 }
 
 /** CREATE statements for the capture triggers of a table. */
@@ -59,6 +63,34 @@ CREATE TRIGGER IF NOT EXISTS ${triggerName(id, 'key')} AFTER UPDATE ON ${table} 
 END;
 CREATE TRIGGER IF NOT EXISTS ${triggerName(id, 'del')} AFTER DELETE ON ${table} BEGIN
   INSERT INTO ${log} (${cols}) VALUES (${OP_DELETE}, ${NOW_MS_SQL}, ${none}, ${ref('OLD')});
+END;
+${uniqueCheckTriggers(id, schema, cols, none)}`
+}
+
+/**
+ * INSERT OR REPLACE (or UPDATE OR REPLACE) that collides on a secondary UNIQUE constraint
+ * deletes the other row without firing DELETE triggers unless recursive_triggers is on,
+ * which no other connection can be made to set. So before such a write, the rows it may
+ * replace are logged for a check; the fold deletes them only if they are really gone.
+ */
+function uniqueCheckTriggers(id: number, schema: TableSchema, cols: string, none: string): string {
+  if (schema.uniques.length === 0) return ''
+  const table = quoteId(schema.name)
+  const log = logTable(id)
+  const collides = schema.uniques
+    .map((set) => `(${set.map((c) => `${quoteId(c)} = NEW.${quoteId(c)}`).join(' AND ')})`)
+    .join(' OR ')
+  const changed = [...new Set(schema.uniques.flat())]
+    .map((c) => `OLD.${quoteId(c)} IS NOT NEW.${quoteId(c)}`)
+    .join(' OR ')
+  const keys = schema.pk.map((c) => quoteId(c.name)).join(', ')
+  const check = `INSERT INTO ${log} (${cols}) SELECT ${OP_CHECK}, ${NOW_MS_SQL}, ${none}, ${keys} FROM ${table} WHERE ${collides};`
+  return `
+CREATE TRIGGER IF NOT EXISTS ${triggerName(id, 'uins')} BEFORE INSERT ON ${table} BEGIN
+  ${check}
+END;
+CREATE TRIGGER IF NOT EXISTS ${triggerName(id, 'uupd')} BEFORE UPDATE ON ${table} WHEN ${changed} BEGIN
+  ${check}
 END;
 `
 }

@@ -48,7 +48,6 @@ export const fflateCodec: DeflateCodec = {
 const F_PRESENT = 1
 const F_ROW_STAMP = 2
 const F_PREV = 4
-const F_OLD_LIFE = 8
 
 /** A table as the payload describes it. */
 export interface WireTable {
@@ -149,11 +148,8 @@ export class PayloadEncoder {
           w.byte(0)
           continue
         }
-        const sameAsRow = s.cl === row.cl && s.hlc === row.clStamp.hlc && s.site === row.clStamp.site
-        const flags =
-          F_PRESENT | (sameAsRow ? F_ROW_STAMP : 0) | (s.prev ? F_PREV : 0) | (s.cl !== row.cl ? F_OLD_LIFE : 0)
-        w.byte(flags)
-        if (s.cl !== row.cl) w.uvarint(row.cl - s.cl)
+        const sameAsRow = s.hlc === row.clStamp.hlc && s.site === row.clStamp.site
+        w.byte(F_PRESENT | (sameAsRow ? F_ROW_STAMP : 0) | (s.prev ? F_PREV : 0))
         if (!sameAsRow) {
           w.svarint(s.hlc - row.clStamp.hlc)
           w.uvarint(this.#site(s.site))
@@ -423,23 +419,14 @@ export class DecodedPayload {
           row.values.push(null)
           continue
         }
-        if (flags & ~(F_PRESENT | F_ROW_STAMP | F_PREV | F_OLD_LIFE) || !(flags & F_PRESENT)) {
-          throw badPayload('bad cell flags')
-        }
+        if (flags & ~(F_PRESENT | F_ROW_STAMP | F_PREV) || !(flags & F_PRESENT)) throw badPayload('bad cell flags')
         if (row.cl % 2 === 0) throw badPayload('cell on a deleted row')
-        let cl = row.cl
-        if (flags & F_OLD_LIFE) {
-          const back = s.uvarint()
-          if (back < 1 || back >= row.cl || back % 2) throw badPayload('bad cell life')
-          cl = row.cl - back
-        }
+        const cl = row.cl
         let hlc = row.clStamp.hlc
         let site = row.clStamp.site
         if (!(flags & F_ROW_STAMP)) {
           hlc = this.#hlc(row.clStamp.hlc + s.svarint())
           site = this.#siteAt(s.uvarint())
-        } else if (flags & F_OLD_LIFE) {
-          throw badPayload('bad cell flags')
         }
         let prev: Stamp | null = null
         if (flags & F_PREV) {

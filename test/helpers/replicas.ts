@@ -1,0 +1,62 @@
+// Helpers for end-to-end tests with several in-memory replicas.
+import { openReplica, type Replica } from 'sqlite-converge'
+
+/** Covers every storage class: INTEGER key, TEXT, REAL, BLOB (no affinity: keeps any class), NOT NULL with default. */
+export const ITEMS_DDL =
+  "CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT, qty REAL, data BLOB, note TEXT NOT NULL DEFAULT '')"
+
+/** Site ids in increasing order, so a test can choose who wins ties. */
+export const SITE_POOL = [
+  '10000000000000000000000000000001',
+  '20000000000000000000000000000002',
+  '30000000000000000000000000000003',
+  '40000000000000000000000000000004',
+  '50000000000000000000000000000005',
+  '60000000000000000000000000000006',
+] as const
+
+/** Opens one in-memory replica per site id, each with `items` created and synced. */
+export function openItemsReplicas(siteIds: readonly string[]): Replica[] {
+  return siteIds.map((siteId) => {
+    const r = openReplica(':memory:', { siteId })
+    r.db.exec(ITEMS_DDL)
+    r.enableSync('items')
+    return r
+  })
+}
+
+export function closeAll(replicas: readonly Replica[]): void {
+  for (const r of replicas) r.close()
+}
+
+/** A value as a comparable, printable string: storage class plus contents (blobs as hex). */
+export function show(v: unknown): string {
+  if (v === null || v === undefined) return 'NULL'
+  if (v instanceof Uint8Array) return `X'${Buffer.from(v).toString('hex')}'`
+  if (typeof v === 'bigint') return `${v}n`
+  if (typeof v === 'string') return JSON.stringify(v)
+  if (typeof v === 'number') return Object.is(v, -0) ? '-0' : String(v)
+  return String(v)
+}
+
+/** Every row of `items`, ordered by id, each column with its SQLite storage class. */
+export function snapshot(r: Replica): string[] {
+  const rows = r.db
+    .prepare(
+      `SELECT id, typeof(id) AS tid, name, typeof(name) AS tname, qty, typeof(qty) AS tqty,
+              data, typeof(data) AS tdata, note, typeof(note) AS tnote
+       FROM items ORDER BY id`,
+    )
+    .safeIntegers(true)
+    .all() as Record<string, unknown>[]
+  return rows.map(
+    (row) =>
+      `id=${show(row.id)}:${row.tid} name=${show(row.name)}:${row.tname} qty=${show(row.qty)}:${row.tqty} ` +
+      `data=${show(row.data)}:${row.tdata} note=${show(row.note)}:${row.tnote}`,
+  )
+}
+
+/** Sends everything `to` lacks from `from` (since = `to`'s current vector); returns the import result. */
+export function sync(from: Replica, to: Replica): { applied: number; conflicts: number } {
+  return to.importChanges(from.exportChanges(to.versionVector()))
+}
