@@ -9,7 +9,7 @@ import type { SqlValue } from '../core/values.js'
 import { covers, type VersionVector } from '../core/version-vector.js'
 import type { DecodedPayload, WireTable } from '../wire/payload.js'
 import { keyString } from './fold.js'
-import { describeColumnDifference } from './schema.js'
+import { type ColumnInfo, describeColumnDifference, schemaHash } from './schema.js'
 import type { SyncedTable } from './synced-table.js'
 
 /** A conflict about to be written to the log. */
@@ -49,6 +49,17 @@ export function matchTables(
         table: wt.name,
       })
     }
+    const described = schemaHash(wt.name, remoteColumns(wt).slice(0, wt.pkCount), remoteColumns(wt).slice(wt.pkCount))
+    if (!sameBytes(described, wt.hash)) {
+      throw new ConvergeError(
+        'BAD_PAYLOAD',
+        `malformed payload: columns of table ${wt.name} do not match its schema hash`,
+        {
+          reason: 'schema hash',
+          table: wt.name,
+        },
+      )
+    }
     if (!sameBytes(local.schema.hash, wt.hash)) {
       const remote = remoteColumns(wt)
       const localCols = [...local.schema.pk, ...local.schema.data]
@@ -66,8 +77,13 @@ export function matchTables(
   })
 }
 
-function remoteColumns(wt: WireTable): { name: string; affinity: string }[] {
-  return wt.columns.map((name, j) => ({ name, affinity: wt.affinities[j] as string }))
+function remoteColumns(wt: WireTable): ColumnInfo[] {
+  return wt.columns.map((name, j) => ({
+    name,
+    type: wt.affinities[j] as string,
+    affinity: wt.affinities[j] as ColumnInfo['affinity'],
+    notNull: false,
+  }))
 }
 
 function sameBytes(a: Uint8Array, b: Uint8Array): boolean {

@@ -11,7 +11,7 @@ import { applyPayload, type ConflictRecord, matchTables } from './apply.js'
 import { encodeChanges, scanFloor, wireTable } from './export.js'
 import { foldTable } from './fold.js'
 import { keyColumns, logTable, METADATA_DDL, maskWords, PREFIX, perTableDdl, SiteTable } from './metadata.js'
-import { readTableSchema } from './schema.js'
+import { childrenFirst, readTableSchema } from './schema.js'
 import { NOW_MS_SQL, quoteId } from './sql.js'
 import { SyncedTable } from './synced-table.js'
 import { createTriggersSql, dropTriggersSql, OP_INSERT } from './triggers.js'
@@ -112,21 +112,7 @@ export class Replica {
       this.siteId = site
       this.#clock = Number(get('clock') ?? 0)
       this.#sites = new SiteTable(db)
-      for (const { id, name, hash } of db.prepare(`SELECT id, name, hash FROM ${PREFIX}tables`).all() as {
-        id: number
-        name: string
-        hash: Uint8Array
-      }[]) {
-        const schema = readTableSchema(db, name)
-        if (!schema.hash.every((b, i) => b === hash[i])) {
-          throw new ConvergeError(
-            'SCHEMA_MISMATCH',
-            `synced table ${name} was altered after sync was enabled; this version cannot migrate it`,
-            { table: name },
-          )
-        }
-        this.#tables.set(name, new SyncedTable(db, this.#sites, id, schema))
-      }
+      this.#loadTables()
       db.exec('COMMIT')
     } catch (err) {
       db.exec('ROLLBACK')
@@ -139,8 +125,9 @@ export class Replica {
     this.#open()
     if (this.#tables.has(table)) return
     if (table.startsWith(PREFIX)) throw new ConvergeError('BAD_ARGUMENT', `${table} is an internal table`, { table })
-    const schema = readTableSchema(this.db, table)
     this.#write(() => {
+      if (this.#tables.has(table)) return
+      const schema = readTableSchema(this.db, table)
       const id = Number(
         this.db.prepare(`INSERT INTO ${PREFIX}tables (name, hash) VALUES (?, ?)`).run(table, schema.hash)
           .lastInsertRowid,
@@ -179,7 +166,7 @@ export class Replica {
   exportChanges(since: VersionVector = {}, onProgress?: ProgressCallback): Uint8Array {
     this.#open()
     checkVector(since)
-    const tables = [...this.#tables.values()]
+    const tables = childrenFirst([...this.#tables.values()])
     const encoder = new PayloadEncoder(this.siteId, tables.map(wireTable), this.#options.codec)
     return this.#write(() => {
       this.#foldAll()
@@ -214,9 +201,26 @@ export class Replica {
       this.db.exec('PRAGMA defer_foreign_keys = ON')
       this.#foldAll()
       const known = this.#vector()
-      for (const t of this.#tables.values()) this.db.exec(dropTriggersSql(t.id))
-      const result = applyPayload(decoded, matched, known, onProgress)
-      for (const t of this.#tables.values()) this.db.exec(createTriggersSql(t.id, t.schema))
+      // Applied changes must not be captured as local writes: triggers come off for the
+      // import. Tables that foreign-key actions (CASCADE, SET NULL/DEFAULT) may change keep
+      // them, so the effects of a merge on them are captured; their own echoes are removed.
+      const fkOn = (this.db.prepare('PRAGMA foreign_keys').get() as { foreign_keys: number }).foreign_keys === 1
+      const guarded = [...this.#tables.values()].filter((t) => fkOn && t.schema.fkActions)
+      for (const t of this.#tables.values()) {
+        if (guarded.includes(t)) t.setEchoGuard(true)
+        else this.db.exec(dropTriggersSql(t.id))
+      }
+      let result: ReturnType<typeof applyPayload>
+      try {
+        result = applyPayload(decoded, matched, known, onProgress)
+      } finally {
+        for (const t of guarded) t.setEchoGuard(false)
+      }
+      for (const t of this.#tables.values()) {
+        if (guarded.includes(t)) t.markCascadeDeletesForCheck()
+        else this.db.exec(createTriggersSql(t.id, t.schema))
+      }
+      this.#foldAll()
       this.#recordConflicts(result.conflicts)
       const held = this.db.prepare(`UPDATE ${PREFIX}sites SET held = max(held, ?) WHERE idx = ?`)
       for (const [site, hlc] of result.held) held.run(hlc, this.#sites.idx(site))
@@ -372,20 +376,54 @@ export class Replica {
     }
   }
 
-  /** Runs `fn` in a write transaction (or inside the caller's), rolling back on any error. */
+  /**
+   * Runs `fn` in a write transaction (a savepoint inside the app's own transaction), with
+   * the clock and site table re-read first, since another connection or Replica object on
+   * the same file may have moved them. Any error rolls everything back.
+   */
   #write<T>(fn: () => T): T {
-    if (this.db.inTransaction) return fn()
-    const clock = this.#clock
-    this.db.exec('BEGIN IMMEDIATE')
+    const nested = this.db.inTransaction
+    this.db.exec(nested ? 'SAVEPOINT converge_write' : 'BEGIN IMMEDIATE')
     try {
+      this.#refresh()
       const out = fn()
-      this.db.exec('COMMIT')
+      this.db.exec(nested ? 'RELEASE converge_write' : 'COMMIT')
       return out
     } catch (err) {
-      if (this.db.inTransaction) this.db.exec('ROLLBACK')
-      this.#clock = clock
-      this.#sites.reload()
+      if (nested) this.db.exec('ROLLBACK TO converge_write; RELEASE converge_write')
+      else if (this.db.inTransaction) this.db.exec('ROLLBACK')
+      for (const t of this.#tables.values()) t.discardPending()
+      this.#refresh()
       throw translateSqliteError(err)
+    }
+  }
+
+  #refresh(): void {
+    const row = this.db.prepare(`SELECT value FROM ${PREFIX}state WHERE key = 'clock'`).get() as { value: number }
+    this.#clock = Number(row.value)
+    this.#sites.reload()
+    this.#loadTables()
+  }
+
+  /** Picks up synced tables registered by this or another connection and not known yet. */
+  #loadTables(): void {
+    const rows = this.db.prepare(`SELECT id, name, hash FROM ${PREFIX}tables`).all() as {
+      id: number
+      name: string
+      hash: Uint8Array
+    }[]
+    if (rows.length === this.#tables.size) return
+    for (const { id, name, hash } of rows) {
+      if (this.#tables.has(name)) continue
+      const schema = readTableSchema(this.db, name)
+      if (!schema.hash.every((b, i) => b === hash[i])) {
+        throw new ConvergeError(
+          'SCHEMA_MISMATCH',
+          `synced table ${name} was altered after sync was enabled; this version cannot migrate it`,
+          { table: name },
+        )
+      }
+      this.#tables.set(name, new SyncedTable(this.db, this.#sites, id, schema))
     }
   }
 }
@@ -393,7 +431,7 @@ export class Replica {
 function translateSqliteError(err: unknown): unknown {
   if (err instanceof ConvergeError) return err
   const code = (err as { code?: unknown })?.code
-  if (typeof code === 'string' && code.startsWith('SQLITE_CONSTRAINT')) {
+  if (typeof code === 'string' && (code.startsWith('SQLITE_CONSTRAINT') || code === 'SQLITE_MISMATCH')) {
     return new ConvergeError(
       'CONSTRAINT',
       `a merged change violates a constraint: ${(err as Error).message}`,

@@ -28,6 +28,10 @@ export interface TableSchema {
    * plain columns): a REPLACE that conflicts on one deletes a row without a DELETE trigger.
    */
   readonly uniques: readonly (readonly string[])[]
+  /** True when a foreign key of this table has an ON DELETE/UPDATE action that writes to it. */
+  readonly fkActions: boolean
+  /** Tables this one references through foreign keys. */
+  readonly parents: readonly string[]
 }
 
 /** SQLite's affinity rules (section 3.1 of the datatype documentation). */
@@ -72,7 +76,29 @@ export function readTableSchema(db: SqliteDatabase, table: string): TableSchema 
     )
   }
   const data = rows.filter((c) => c.pk === 0).map(toInfo)
-  return { name: table, pk, data, hash: schemaHash(table, pk, data), uniques: uniqueColumnSets(db, table) }
+  return {
+    name: table,
+    pk,
+    data,
+    hash: schemaHash(table, pk, data),
+    uniques: uniqueColumnSets(db, table),
+    fkActions: hasForeignKeyActions(db, table),
+    parents: (
+      db.prepare(`SELECT DISTINCT "table" AS t FROM pragma_foreign_key_list(${quoteString(table)})`).all() as {
+        t: string
+      }[]
+    ).map((r) => r.t),
+  }
+}
+
+function hasForeignKeyActions(db: SqliteDatabase, table: string): boolean {
+  const row = db
+    .prepare(
+      `SELECT 1 FROM pragma_foreign_key_list(${quoteString(table)})
+       WHERE on_delete IN ('CASCADE', 'SET NULL', 'SET DEFAULT') OR on_update IN ('CASCADE', 'SET NULL', 'SET DEFAULT')`,
+    )
+    .get()
+  return row !== undefined
 }
 
 function uniqueColumnSets(db: SqliteDatabase, table: string): string[][] {
@@ -89,6 +115,25 @@ function uniqueColumnSets(db: SqliteDatabase, table: string): string[][] {
     if (cols.length && cols.every((c) => c.cid >= 0 && c.name !== null)) sets.push(cols.map((c) => c.name as string))
   }
   return sets
+}
+
+/**
+ * Orders tables so that every table comes before the tables it references (children
+ * before parents; cycles broken arbitrarily). An import applied in this order updates
+ * children before their old parents are deleted, so ON DELETE actions on the receiver only
+ * reach the children the sender's own cascade reached.
+ */
+export function childrenFirst<T extends { schema: TableSchema }>(tables: readonly T[]): T[] {
+  const out: T[] = []
+  const done = new Set<T>()
+  const visit = (t: T) => {
+    if (done.has(t)) return
+    done.add(t)
+    for (const child of tables) if (child.schema.parents.includes(t.schema.name)) visit(child)
+    out.push(t)
+  }
+  for (const t of tables) visit(t)
+  return out
 }
 
 /**

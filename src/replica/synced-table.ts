@@ -16,7 +16,7 @@ import {
 } from './metadata.js'
 import type { TableSchema } from './schema.js'
 import { placeholders, quoteId } from './sql.js'
-import { OP_INSERT } from './triggers.js'
+import { OP_CHECK, OP_DELETE, OP_INSERT } from './triggers.js'
 
 /** Rows of the change log read per fold step; bounds the memory a fold uses. */
 export const FOLD_BATCH = 8192
@@ -38,6 +38,9 @@ export class SyncedTable {
   readonly #readValues: SqliteStatement
   readonly #deleteRow: SqliteStatement
   readonly #rowExists: SqliteStatement
+  readonly #logMax: SqliteStatement
+  readonly #logEcho: SqliteStatement
+  #echoGuard = false
   readonly #inserts = new Map<string, SqliteStatement>()
   readonly #multi = new Map<string, SqliteStatement>()
   #freshRows: unknown[] = []
@@ -74,6 +77,10 @@ export class SyncedTable {
     this.#readValues = db.prepare(`SELECT ${dataList} FROM ${table} WHERE ${this.#keyWhere}`).raw().safeIntegers()
     this.#deleteRow = db.prepare(`DELETE FROM ${table} WHERE ${this.#keyWhere}`)
     this.#rowExists = db.prepare(`SELECT 1 FROM ${table} WHERE ${this.#keyWhere}`).raw()
+    this.#logMax = db.prepare(`SELECT max(seq) AS m FROM ${logTable(id)}`)
+    this.#logEcho = db.prepare(
+      `DELETE FROM ${logTable(id)} WHERE seq > ? AND ${keys.map((k) => `${k} IS ?`).join(' AND ')}`,
+    )
   }
 
   get name(): string {
@@ -173,6 +180,16 @@ export class SyncedTable {
    * statements, which costs far less per row than one statement each.
    */
   queueFresh(pk: readonly SqlValue[], state: RowState, values: readonly SqlValue[] | null): void {
+    if (this.#echoGuard) {
+      if (values !== null)
+        this.insertRow(
+          pk,
+          this.schema.data.map((_, c) => c),
+          values,
+        )
+      this.saveState(pk, state)
+      return
+    }
     if (values !== null) {
       this.#freshRows.push(...pk, ...values)
       if (++this.#freshRowCount === INSERT_BATCH) this.#flushRows()
@@ -187,27 +204,59 @@ export class SyncedTable {
     this.#flushStates()
   }
 
-  #flushRows(): void {
-    if (this.#freshRowCount === 0) return
-    const width = this.schema.pk.length + this.dataCount
-    const names = [...this.schema.pk, ...this.schema.data].map((c) => quoteId(c.name)).join(', ')
-    this.#multiInsert(
-      `INSERT INTO ${quoteId(this.name)} (${names}) VALUES`,
-      width,
-      this.#freshRowCount,
-      this.#freshRows,
-    )
+  /**
+   * While on, this table's triggers stay installed during an import, and each write the
+   * import makes removes the log rows it produced for its own key: what remains in the log
+   * afterwards is what foreign-key actions did.
+   */
+  setEchoGuard(on: boolean): void {
+    this.#echoGuard = on
+  }
+
+  /**
+   * After an import, deletions logged by foreign-key actions may have been overtaken by a
+   * merged row with the same key: the fold checks whether the row is really gone.
+   */
+  markCascadeDeletesForCheck(): void {
+    this.#db.prepare(`UPDATE ${logTable(this.id)} SET op = ${OP_CHECK} WHERE op = ${OP_DELETE}`).run()
+  }
+
+  /** Runs one of the import's own writes to the user table. */
+  #own(pk: readonly SqlValue[], write: () => void): void {
+    if (!this.#echoGuard) return write()
+    const before = (this.#logMax.get() as { m: number | null }).m ?? 0
+    write()
+    this.#logEcho.run(before, ...pk)
+  }
+
+  /** Drops queued writes (after a rollback they belong to nothing). */
+  discardPending(): void {
     this.#freshRows = []
     this.#freshRowCount = 0
+    this.#freshStates = []
+    this.#freshStateCount = 0
+  }
+
+  #flushRows(): void {
+    const count = this.#freshRowCount
+    if (count === 0) return
+    const params = this.#freshRows
+    this.#freshRows = []
+    this.#freshRowCount = 0
+    const width = this.schema.pk.length + this.dataCount
+    const names = [...this.schema.pk, ...this.schema.data].map((c) => quoteId(c.name)).join(', ')
+    this.#multiInsert(`INSERT INTO ${quoteId(this.name)} (${names}) VALUES`, width, count, params)
   }
 
   #flushStates(): void {
-    if (this.#freshStateCount === 0) return
-    const keys = keyColumns(this.schema.pk.length)
-    const sql = `INSERT INTO ${rowsTable(this.id)} (${keys.join(', ')}, cl, clh, cls, md, v) VALUES`
-    this.#multiInsert(sql, keys.length + 5, this.#freshStateCount, this.#freshStates)
+    const count = this.#freshStateCount
+    if (count === 0) return
+    const params = this.#freshStates
     this.#freshStates = []
     this.#freshStateCount = 0
+    const keys = keyColumns(this.schema.pk.length)
+    const sql = `INSERT INTO ${rowsTable(this.id)} (${keys.join(', ')}, cl, clh, cls, md, v) VALUES`
+    this.#multiInsert(sql, keys.length + 5, count, params)
   }
 
   #multiInsert(prefix: string, width: number, count: number, params: unknown[]): void {
@@ -232,7 +281,7 @@ export class SyncedTable {
   }
 
   deleteRow(pk: readonly SqlValue[]): void {
-    this.#deleteRow.run(...pk)
+    this.#own(pk, () => this.#deleteRow.run(...pk))
   }
 
   /** Inserts a row with the given data columns (others take their defaults). */
@@ -246,7 +295,7 @@ export class SyncedTable {
       )
       this.#inserts.set(sig, stmt)
     }
-    stmt.run(...pk, ...values)
+    this.#own(pk, () => stmt.run(...pk, ...values))
   }
 
   /** Sets the given data columns of an existing row. */
@@ -259,7 +308,7 @@ export class SyncedTable {
       stmt = this.#db.prepare(`UPDATE ${quoteId(this.name)} SET ${sets} WHERE ${this.#keyWhere}`)
       this.#updates.set(sig, stmt)
     }
-    stmt.run(...values, ...pk)
+    this.#own(pk, () => stmt.run(...values, ...pk))
   }
 
   #dataName(c: number): string {

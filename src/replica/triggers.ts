@@ -44,7 +44,8 @@ export function createTriggersSql(id: number, schema: TableSchema): string {
       const o = `OLD.${quoteId(c.name)}`
       const n = `NEW.${quoteId(c.name)}`
       const changed = c.affinity === 'BLOB' ? `${o} IS NOT ${n} OR typeof(${o}) <> typeof(${n})` : `${o} IS NOT ${n}`
-      return `(CASE WHEN ${changed} THEN ${2 ** i} ELSE 0 END)`
+      // Exact 64-bit constants: a double would print 2^57 as 144115188075855870.
+      return `(CASE WHEN ${changed} THEN ${1n << BigInt(i)} ELSE 0 END)`
     })
     return parts.length ? parts.join(' | ') : '0'
   })

@@ -1,0 +1,270 @@
+/** Benchmark harness: sqlite-converge against plain SQLite on a 100k-row table, plus a 1M-row memory run. */
+import { spawnSync } from 'node:child_process'
+import { createHash } from 'node:crypto'
+import fs from 'node:fs'
+import os from 'node:os'
+import path from 'node:path'
+import { fileURLToPath } from 'node:url'
+import Database from 'better-sqlite3'
+import { generateRows, insertRows, openSynced, SCHEMA } from './workload.js'
+
+const ROWS = 100_000
+const BIG_ROWS = 1_000_000
+const RUNS = 3
+const UPDATE = 'UPDATE todos SET done = 1 - done'
+
+const args = new Set(process.argv.slice(2))
+const json = args.has('--json')
+const quick = args.has('--quick')
+
+/** Progress goes to stderr so that `--json` leaves stdout to the document alone. */
+function progress(message) {
+  process.stderr.write(`${message}\n`)
+}
+
+function updateAll(db) {
+  const update = db.transaction(() => db.prepare(UPDATE).run())
+  const start = performance.now()
+  update()
+  return performance.now() - start
+}
+
+function median(values) {
+  const sorted = [...values].sort((a, b) => a - b)
+  return sorted[Math.floor(sorted.length / 2)]
+}
+
+function collectGarbage() {
+  globalThis.gc?.()
+}
+
+/** A fresh plain WAL database holding the empty todos table. */
+function openPlain(file) {
+  const db = new Database(file)
+  db.pragma('journal_mode = WAL')
+  db.exec(SCHEMA)
+  return db
+}
+
+/** Sum of the raw bytes of the values: UTF-8 text lengths plus 8 bytes per integer. */
+function rawValueBytes(rows) {
+  let total = 0
+  for (const [id, title, , body] of rows) {
+    total += Buffer.byteLength(id) + Buffer.byteLength(title) + 8 + Buffer.byteLength(body)
+  }
+  return total
+}
+
+/** Row count and sha256 of every row of todos in key order. */
+function tableDigest(db) {
+  const hash = createHash('sha256')
+  let count = 0
+  for (const row of db.prepare('SELECT * FROM todos ORDER BY id').raw().iterate()) {
+    hash.update(JSON.stringify(row))
+    count++
+  }
+  return { count, sha256: hash.digest('hex') }
+}
+
+/** Main file size after moving the WAL into it. */
+function checkpointedSize(db, file) {
+  db.pragma('wal_checkpoint(TRUNCATE)')
+  return fs.statSync(file).size
+}
+
+/** Bytes of the pages used by the library's own tables and indexes, via the dbstat table. */
+function metadataBytes(db) {
+  const row = db
+    .prepare(
+      `SELECT sum(pgsize) AS bytes FROM dbstat
+       WHERE name LIKE '\\_converge\\_%' ESCAPE '\\' OR name LIKE 'sqlite\\_autoindex\\_\\_converge\\_%' ESCAPE '\\'`,
+    )
+    .get()
+  return row.bytes ?? 0
+}
+
+/** Runs bench/big.js in a child process; its last stdout line is a JSON result. */
+function runChild(...childArgs) {
+  const script = path.join(path.dirname(fileURLToPath(import.meta.url)), 'big.js')
+  const child = spawnSync(process.execPath, [script, ...childArgs], {
+    encoding: 'utf8',
+    stdio: ['ignore', 'pipe', 'inherit'],
+    maxBuffer: 1024 * 1024,
+  })
+  if (child.status !== 0) throw new Error(`big.js ${childArgs[0]} exited with ${child.status ?? child.signal}`)
+  return JSON.parse(child.stdout.trim().split('\n').at(-1))
+}
+
+/** A measured figure; `target` bounds `ratio` when there is a baseline, else `value`. Null target: info only. */
+function figure(name, value, unit, baseline, target) {
+  const ratio = baseline === null ? null : value / baseline
+  const bounded = ratio ?? value
+  return { name, value, unit, baseline, ratio, target, pass: target === null ? null : bounded <= target }
+}
+
+function measureInsertUpdate(dir, rows) {
+  const times = { plainInsert: [], syncedInsert: [], plainUpdate: [], syncedUpdate: [] }
+  let kept = null
+  for (let run = 0; run < RUNS; run++) {
+    const last = run === RUNS - 1
+    const plainFile = path.join(dir, `plain-${run}.db`)
+    const plain = openPlain(plainFile)
+    collectGarbage()
+    times.plainInsert.push(insertRows(plain, rows))
+    collectGarbage()
+    times.plainUpdate.push(updateAll(plain))
+
+    const syncedFile = path.join(dir, `synced-${run}.db`)
+    const replica = openSynced(syncedFile)
+    collectGarbage()
+    times.syncedInsert.push(insertRows(replica.db, rows))
+    collectGarbage()
+    times.syncedUpdate.push(updateAll(replica.db))
+    progress(`  run ${run + 1}/${RUNS} done`)
+
+    if (last) {
+      kept = { plain, plainFile, replica, syncedFile }
+    } else {
+      plain.close()
+      replica.close()
+    }
+  }
+  return { times: Object.fromEntries(Object.entries(times).map(([k, v]) => [k, median(v)])), ...kept }
+}
+
+function measureBig(dir) {
+  const source = path.join(dir, 'big-source.db')
+  const target = path.join(dir, 'big-target.db')
+  progress(`building a ${BIG_ROWS.toLocaleString('en')}-row synced database (child process)...`)
+  const build = runChild('build', source, String(BIG_ROWS))
+  progress('exporting and importing it (fresh child process)...')
+  const sync = runChild('sync', source, target)
+  if (sync.targetRows !== BIG_ROWS) throw new Error(`1M import produced ${sync.targetRows} rows`)
+  return [
+    figure('6. peak RSS, export + import 1M rows', sync.maxRssMb, 'MB', null, 300),
+    figure('peak RSS after export only (1M)', sync.exportRssMb, 'MB', null, null),
+    figure('build 1M: insert', build.insertMs, 'ms', null, null),
+    figure('build 1M: fold on close', build.closeMs, 'ms', null, null),
+    figure('export 1M', sync.exportMs, 'ms', null, null),
+    figure('import 1M', sync.importMs, 'ms', null, null),
+    figure('payload 1M', sync.payloadBytes, 'bytes', null, null),
+  ]
+}
+
+function run(dir) {
+  progress(`generating ${ROWS.toLocaleString('en')} rows...`)
+  const rows = generateRows(ROWS)
+  progress(`insert + update, ${RUNS} runs each...`)
+  const { times, plain, plainFile, replica, syncedFile } = measureInsertUpdate(dir, rows)
+
+  // The source holds the 100k rows after insert + update: the export folds 200k pending log rows.
+  progress('export + import...')
+  collectGarbage()
+  let start = performance.now()
+  const payload = replica.exportChanges()
+  const exportMs = performance.now() - start
+  const targetFile = path.join(dir, 'target.db')
+  const target = openSynced(targetFile)
+  collectGarbage()
+  start = performance.now()
+  const imported = target.importChanges(payload)
+  const importMs = performance.now() - start
+  const syncMs = exportMs + importMs
+
+  const plainBytes = checkpointedSize(plain, plainFile)
+  const syncedBytes = checkpointedSize(replica.db, syncedFile)
+  const freePages = replica.db.pragma('freelist_count', { simple: true })
+  const pageSize = replica.db.pragma('page_size', { simple: true })
+
+  const figures = [
+    figure('1. insert 100k rows', times.syncedInsert, 'ms', times.plainInsert, 1.5),
+    figure('2. update 1 column, 100k rows', times.syncedUpdate, 'ms', times.plainUpdate, 3),
+    figure('3. export + import 100k rows', syncMs, 'ms', times.plainInsert, 3),
+    figure('export 100k', exportMs, 'ms', null, null),
+    figure('import 100k', importMs, 'ms', null, null),
+    figure('merge rate (export + import)', ROWS / (syncMs / 1000), 'rows/s', null, null),
+    figure('4. payload size', payload.length, 'bytes', rawValueBytes(rows), 1),
+    figure('5. file size after export', syncedBytes, 'bytes', plainBytes, 1.5),
+    figure('metadata per row (dbstat)', metadataBytes(replica.db) / ROWS, 'bytes', null, null),
+    figure('free pages in synced file', freePages * pageSize, 'bytes', null, null),
+  ]
+
+  const source = tableDigest(replica.db)
+  const copy = tableDigest(target.db)
+  const reference = tableDigest(plain)
+  const correctness = {
+    sourceRows: source.count,
+    importedRows: copy.count,
+    applied: imported.applied,
+    conflicts: imported.conflicts,
+    checksumsEqual: source.sha256 === copy.sha256,
+    plainChecksumEqual: source.sha256 === reference.sha256,
+    pass: source.count === ROWS && copy.count === ROWS && source.sha256 === copy.sha256,
+  }
+  plain.close()
+  replica.close()
+  target.close()
+
+  if (!quick) figures.push(...measureBig(dir))
+  return { figures, correctness }
+}
+
+function machine() {
+  const cpus = os.cpus()
+  return {
+    node: process.version,
+    platform: `${os.platform()} ${os.release()} ${os.arch()}`,
+    cpus: cpus.length,
+    cpuModel: cpus[0]?.model ?? 'unknown',
+    memoryMb: Math.round(os.totalmem() / 2 ** 20),
+    sqlite: new Database(':memory:').prepare('SELECT sqlite_version() AS v').get().v,
+    gc: typeof globalThis.gc === 'function',
+  }
+}
+
+function formatNumber(value, unit) {
+  if (value === null) return '-'
+  if (unit === 'bytes') return value >= 2 ** 20 ? `${(value / 2 ** 20).toFixed(1)} MiB` : `${value.toFixed(1)} B`
+  if (unit === 'rows/s') return `${Math.round(value).toLocaleString('en')} rows/s`
+  return `${value.toFixed(unit === 'ms' ? 0 : 1)} ${unit}`
+}
+
+function printTable({ figures, correctness }, info) {
+  const header = ['figure', 'synced', 'plain', 'ratio', 'target', 'ok']
+  const lines = figures.map((f) => [
+    f.target === null ? `   ${f.name}` : f.name,
+    formatNumber(f.value, f.unit),
+    formatNumber(f.baseline, f.unit),
+    f.ratio === null ? '-' : `${f.ratio.toFixed(2)}x`,
+    f.target === null ? '' : f.ratio === null ? `<= ${f.target} ${f.unit}` : `<= ${f.target}x`,
+    f.pass === null ? '' : f.pass ? 'PASS' : 'FAIL',
+  ])
+  const widths = header.map((h, i) => Math.max(h.length, ...lines.map((l) => l[i].length)))
+  const format = (cells) =>
+    cells.map((c, i) => (i === 0 || i === cells.length - 1 ? c.padEnd(widths[i]) : c.padStart(widths[i]))).join(' | ')
+  console.log(`node ${info.node}, ${info.cpus} x ${info.cpuModel}, SQLite ${info.sqlite}`)
+  console.log(format(header).trimEnd())
+  console.log(widths.map((w) => '-'.repeat(w)).join('-|-'))
+  for (const line of lines) console.log(format(line).trimEnd())
+  console.log('figure 4 plain = raw bytes of the values; figure 3 plain = the plain insert of figure 1')
+  console.log(
+    `correctness: ${correctness.pass ? 'PASS' : 'FAIL'} (rows ${correctness.sourceRows} -> ${correctness.importedRows}, ` +
+      `checksum ${correctness.checksumsEqual ? 'equal' : 'DIFFERENT'}, same as plain: ${correctness.plainChecksumEqual}, ` +
+      `applied ${correctness.applied}, conflicts ${correctness.conflicts})`,
+  )
+}
+
+function main() {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'converge-bench-'))
+  try {
+    const result = run(dir)
+    const info = machine()
+    if (json) console.log(JSON.stringify({ ...result, machine: info }, null, 2))
+    else printTable(result, info)
+    if (!result.correctness.pass) process.exitCode = 1
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true })
+  }
+}
+
+main()
