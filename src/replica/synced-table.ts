@@ -223,7 +223,10 @@ export class SyncedTable {
 
   /** Runs one of the import's own writes to the user table. */
   #own(pk: readonly SqlValue[], write: () => void): void {
-    if (!this.#echoGuard) return write()
+    if (!this.#echoGuard) {
+      write()
+      return
+    }
     const before = (this.#logMax.get() as { m: number | null }).m ?? 0
     write()
     this.#logEcho.run(before, ...pk)
