@@ -104,32 +104,31 @@ function figure(name, value, unit, baseline, target) {
 
 function measureInsertUpdate(dir, rows) {
   const times = { plainInsert: [], syncedInsert: [], plainUpdate: [], syncedUpdate: [] }
-  let kept = null
   for (let run = 0; run < RUNS; run++) {
-    const last = run === RUNS - 1
-    const plainFile = path.join(dir, `plain-${run}.db`)
-    const plain = openPlain(plainFile)
+    const plain = openPlain(path.join(dir, `plain-${run}.db`))
     collectGarbage()
     times.plainInsert.push(insertRows(plain, rows))
     collectGarbage()
     times.plainUpdate.push(updateAll(plain))
+    plain.close()
 
-    const syncedFile = path.join(dir, `synced-${run}.db`)
-    const replica = openSynced(syncedFile)
+    const replica = openSynced(path.join(dir, `synced-${run}.db`))
     collectGarbage()
     times.syncedInsert.push(insertRows(replica.db, rows))
     collectGarbage()
     times.syncedUpdate.push(updateAll(replica.db))
+    replica.close()
     progress(`  run ${run + 1}/${RUNS} done`)
-
-    if (last) {
-      kept = { plain, plainFile, replica, syncedFile }
-    } else {
-      plain.close()
-      replica.close()
-    }
   }
-  return { times: Object.fromEntries(Object.entries(times).map(([k, v]) => [k, median(v)])), ...kept }
+  return Object.fromEntries(Object.entries(times).map(([k, v]) => [k, median(v)]))
+}
+
+/** Milliseconds `fn` takes, after a collection; returns [ms, result]. */
+function timed(fn) {
+  collectGarbage()
+  const start = performance.now()
+  const result = fn()
+  return [performance.now() - start, result]
 }
 
 function measureBig(dir) {
@@ -155,38 +154,48 @@ function run(dir) {
   progress(`generating ${ROWS.toLocaleString('en')} rows...`)
   const rows = generateRows(ROWS)
   progress(`insert + update, ${RUNS} runs each...`)
-  const { times, plain, plainFile, replica, syncedFile } = measureInsertUpdate(dir, rows)
+  const times = measureInsertUpdate(dir, rows)
 
-  // The source holds the 100k rows after insert + update: the export folds 200k pending log rows.
+  // Initial sync: the source holds 100k freshly inserted rows; its export folds their 100k
+  // pending log rows, then a fresh replica imports everything.
   progress('export + import...')
-  collectGarbage()
-  let start = performance.now()
-  const payload = replica.exportChanges()
-  const exportMs = performance.now() - start
-  const targetFile = path.join(dir, 'target.db')
-  const target = openSynced(targetFile)
-  collectGarbage()
-  start = performance.now()
-  const imported = target.importChanges(payload)
-  const importMs = performance.now() - start
+  const plainFile = path.join(dir, 'plain.db')
+  const plain = openPlain(plainFile)
+  insertRows(plain, rows)
+  const syncedFile = path.join(dir, 'source.db')
+  const replica = openSynced(syncedFile)
+  insertRows(replica.db, rows)
+  const [exportMs, payload] = timed(() => replica.exportChanges())
+  const target = openSynced(path.join(dir, 'target.db'))
+  const [importMs, imported] = timed(() => target.importChanges(payload))
   const syncMs = exportMs + importMs
 
   const plainBytes = checkpointedSize(plain, plainFile)
   const syncedBytes = checkpointedSize(replica.db, syncedFile)
   const freePages = replica.db.pragma('freelist_count', { simple: true })
   const pageSize = replica.db.pragma('page_size', { simple: true })
+  const metadataPerRow = metadataBytes(replica.db) / ROWS
+
+  // Incremental sync: one column of every row updated, then only what the target lacks.
+  progress('update all + incremental sync...')
+  updateAll(replica.db)
+  const [deltaExportMs, delta] = timed(() => replica.exportChanges(target.versionVector()))
+  const [deltaImportMs] = timed(() => target.importChanges(delta))
 
   const figures = [
     figure('1. insert 100k rows', times.syncedInsert, 'ms', times.plainInsert, 1.5),
     figure('2. update 1 column, 100k rows', times.syncedUpdate, 'ms', times.plainUpdate, 3),
     figure('3. export + import 100k rows', syncMs, 'ms', times.plainInsert, 3),
-    figure('export 100k', exportMs, 'ms', null, null),
+    figure('export 100k (folds 100k inserts)', exportMs, 'ms', null, null),
     figure('import 100k', importMs, 'ms', null, null),
     figure('merge rate (export + import)', ROWS / (syncMs / 1000), 'rows/s', null, null),
     figure('4. payload size', payload.length, 'bytes', rawValueBytes(rows), 1),
     figure('5. file size after export', syncedBytes, 'bytes', plainBytes, 1.5),
-    figure('metadata per row (dbstat)', metadataBytes(replica.db) / ROWS, 'bytes', null, null),
+    figure('metadata per row (dbstat)', metadataPerRow, 'bytes', null, null),
     figure('free pages in synced file', freePages * pageSize, 'bytes', null, null),
+    figure('sync 100k updated rows: export', deltaExportMs, 'ms', null, null),
+    figure('sync 100k updated rows: import', deltaImportMs, 'ms', null, null),
+    figure('sync 100k updated rows: payload', delta.length, 'bytes', null, null),
   ]
 
   const source = tableDigest(replica.db)

@@ -62,8 +62,6 @@ export type ProgressCallback = (rows: number) => void
 const SITE_RE = /^[0-9a-f]{32}$/
 const DEFAULT_DRIFT_MS = 5 * 60 * 1000
 const DEFAULT_MAX_PAYLOAD = 1024 * 1024 * 1024
-/** Folding at least this many log rows frees enough pages to be worth returning. */
-const VACUUM_AFTER_FOLDED = 1000
 
 function randomSiteId(): string {
   return bytesToHex(crypto.getRandomValues(new Uint8Array(16)))
@@ -78,8 +76,6 @@ export class Replica {
   readonly #sites: SiteTable
   readonly #tables = new Map<string, SyncedTable>()
   #clock: number
-  /** True when the file uses incremental auto-vacuum (new files do). */
-  readonly #incrementalVacuum: boolean = false
 
   constructor(db: SqliteDatabase, options: ReplicaOptions = {}) {
     if (options.siteId !== undefined && !SITE_RE.test(options.siteId)) {
@@ -91,14 +87,9 @@ export class Replica {
       maxPayloadBytes: options.maxPayloadBytes ?? DEFAULT_MAX_PAYLOAD,
       codec: options.codec ?? fflateCodec,
     })
-    // A new file gets incremental auto-vacuum (it can only be chosen before the first
-    // table exists), so pages the change log frees after a fold go back to the OS.
-    const fresh = db.prepare(`SELECT count(*) AS n FROM sqlite_schema`).get() as { n: number }
-    if (fresh.n === 0) db.exec('PRAGMA auto_vacuum = INCREMENTAL')
     db.exec('BEGIN IMMEDIATE')
     try {
       db.exec(METADATA_DDL)
-      this.#incrementalVacuum = (db.prepare('PRAGMA auto_vacuum').get() as { auto_vacuum: number }).auto_vacuum === 2
       const get = (key: string) =>
         (db.prepare(`SELECT value FROM ${PREFIX}state WHERE key = ?`).get(key) as { value: unknown } | undefined)?.value
       let site = get('site') as string | undefined
@@ -344,7 +335,6 @@ export class Replica {
       this.db.prepare(`UPDATE ${PREFIX}sites SET seen = ?, held = ? WHERE idx = 0`).run(clock, clock)
       this.#setClock(clock)
     }
-    if (folded >= VACUUM_AFTER_FOLDED && this.#incrementalVacuum) this.db.exec('PRAGMA incremental_vacuum')
   }
 
   #setClock(clock: number): void {

@@ -39,26 +39,33 @@ export function createTriggersSql(id: number, schema: TableSchema): string {
   const sameKey = schema.pk.map((c) => `OLD.${quoteId(c.name)} IS NEW.${quoteId(c.name)}`).join(' AND ')
   // One bit per changed data column; a column with no type affinity also compares storage
   // class, so 1 replaced by 1.0 still counts as a change.
+  const changed = schema.data.map((c) => {
+    const o = `OLD.${quoteId(c.name)}`
+    const n = `NEW.${quoteId(c.name)}`
+    return c.affinity === 'BLOB' ? `(${o} IS NOT ${n} OR typeof(${o}) <> typeof(${n}))` : `${o} IS NOT ${n}`
+  })
   const maskExprs = Array.from({ length: words }, (_, w) => {
-    const parts = schema.data.slice(w * MASK_BITS, (w + 1) * MASK_BITS).map((c, i) => {
-      const o = `OLD.${quoteId(c.name)}`
-      const n = `NEW.${quoteId(c.name)}`
-      const changed = c.affinity === 'BLOB' ? `${o} IS NOT ${n} OR typeof(${o}) <> typeof(${n})` : `${o} IS NOT ${n}`
+    const parts = changed.slice(w * MASK_BITS, (w + 1) * MASK_BITS).map(
       // Exact 64-bit constants: a double would print 2^57 as 144115188075855870.
-      return `(CASE WHEN ${changed} THEN ${1n << BigInt(i)} ELSE 0 END)`
-    })
+      (test, i) => `(CASE WHEN ${test} THEN ${1n << BigInt(i)} ELSE 0 END)`,
+    )
     return parts.length ? parts.join(' | ') : '0'
   })
-  const anyChanged = masks.map((m) => `${m} <> 0`).join(' OR ')
+  // The cheap test goes in WHEN: a row whose update changed nothing runs no trigger body.
+  const anyChanged = changed.length ? changed.join(' OR ') : '0'
+  // A key change is the rare case: with UPDATE OF, SQLite skips the trigger unless the
+  // statement sets a key column. An INTEGER key may alias the rowid, which an UPDATE can
+  // set by the name "rowid" without naming the column, so there it fires on every update.
+  const rowidAlias = schema.pk.length === 1 && schema.pk[0]?.type.toUpperCase() === 'INTEGER'
+  const keyOf = rowidAlias ? '' : ` OF ${schema.pk.map((c) => quoteId(c.name)).join(', ')}`
   return `
 CREATE TRIGGER IF NOT EXISTS ${triggerName(id, 'ins')} AFTER INSERT ON ${table} BEGIN
   INSERT INTO ${log} (${cols}) VALUES (${OP_INSERT}, ${NOW_MS_SQL}, ${all}, ${ref('NEW')});
 END;
-CREATE TRIGGER IF NOT EXISTS ${triggerName(id, 'upd')} AFTER UPDATE ON ${table} WHEN ${sameKey} BEGIN
-  INSERT INTO ${log} (${cols}) SELECT ${OP_UPDATE}, ${NOW_MS_SQL}, ${masks.join(', ')}, ${ref('NEW')}
-    FROM (SELECT ${maskExprs.map((e, i) => `${e} AS m${i}`).join(', ')}) WHERE ${anyChanged};
+CREATE TRIGGER IF NOT EXISTS ${triggerName(id, 'upd')} AFTER UPDATE ON ${table} WHEN ${sameKey} AND (${anyChanged}) BEGIN
+  INSERT INTO ${log} (${cols}) VALUES (${OP_UPDATE}, ${NOW_MS_SQL}, ${maskExprs.join(', ')}, ${ref('NEW')});
 END;
-CREATE TRIGGER IF NOT EXISTS ${triggerName(id, 'key')} AFTER UPDATE ON ${table} WHEN NOT (${sameKey}) BEGIN
+CREATE TRIGGER IF NOT EXISTS ${triggerName(id, 'key')} AFTER UPDATE${keyOf} ON ${table} WHEN NOT (${sameKey}) BEGIN
   INSERT INTO ${log} (${cols}) VALUES (${OP_DELETE}, ${NOW_MS_SQL}, ${none}, ${ref('OLD')});
   INSERT INTO ${log} (${cols}) VALUES (${OP_INSERT}, ${NOW_MS_SQL}, ${all}, ${ref('NEW')});
 END;
