@@ -1,7 +1,7 @@
 /** sqlite-converge: local-first sync for ordinary SQLite tables. */
 import { openBetterSqlite3 } from './driver/better-sqlite3.js'
 import type { SqliteDatabase } from './driver/types.js'
-import { nodeZlibCodec } from './platform/node-zlib.js'
+import { nodeCodec } from './platform/node-codec.js'
 import { Replica, type ReplicaOptions } from './replica/replica.js'
 
 export { ConvergeError, type ConvergeErrorCode, isConvergeError } from './core/errors.js'
@@ -15,7 +15,7 @@ export {
   Replica,
   type ReplicaOptions,
 } from './replica/replica.js'
-export type { DeflateCodec } from './wire/payload.js'
+export type { PayloadCodec } from './wire/payload.js'
 
 /**
  * Opens (or creates) a replica: a database file path, or an open connection of the
@@ -24,7 +24,7 @@ export type { DeflateCodec } from './wire/payload.js'
 export function openReplica(database: string | SqliteDatabase, options: ReplicaOptions = {}): Replica {
   const db = typeof database === 'string' ? openBetterSqlite3(database) : database
   try {
-    return new Replica(db, { codec: nodeZlibCodec, ...options })
+    return new Replica(db, { codec: nodeCodec, ...options })
   } catch (err) {
     if (typeof database === 'string') db.close()
     throw err

@@ -5,7 +5,7 @@ import { type AppValue, type SqlValue, toAppValue } from '../core/values.js'
 import { dominates, type VersionVector } from '../core/version-vector.js'
 import type { SqliteDatabase } from '../driver/types.js'
 import { ByteReader, ByteWriter } from '../wire/bytes.js'
-import { bytesToHex, DecodedPayload, type DeflateCodec, fflateCodec, PayloadEncoder } from '../wire/payload.js'
+import { bytesToHex, DecodedPayload, type PayloadCodec, PayloadEncoder, portableCodec } from '../wire/payload.js'
 import { readValue, writeValue } from '../wire/values.js'
 import { applyPayload, type ConflictRecord, matchTables } from './apply.js'
 import { encodeChanges, scanFloor, wireTable } from './export.js'
@@ -24,8 +24,8 @@ export interface ReplicaOptions {
   maxClockDriftMs?: number
   /** Refuse payloads larger than this many bytes (default 1 GiB). */
   maxPayloadBytes?: number
-  /** Deflate implementation for payload chunks (default: fflate; Node's entry point passes node:zlib). */
-  codec?: DeflateCodec
+  /** Deflate and SHA-256 for payloads (default: pure JS; Node's entry point passes node:zlib and node:crypto). */
+  codec?: PayloadCodec
 }
 
 /** Result of {@link Replica.importChanges}. */
@@ -85,7 +85,7 @@ export class Replica {
     this.#options = Object.freeze({
       maxClockDriftMs: options.maxClockDriftMs ?? DEFAULT_DRIFT_MS,
       maxPayloadBytes: options.maxPayloadBytes ?? DEFAULT_MAX_PAYLOAD,
-      codec: options.codec ?? fflateCodec,
+      codec: options.codec ?? portableCodec,
     })
     db.exec('BEGIN IMMEDIATE')
     try {

@@ -4,15 +4,33 @@ import { ConvergeError } from '../core/errors.js'
 const encoder = new TextEncoder()
 const decoder = new TextDecoder('utf-8', { fatal: true })
 
-/** Appends bytes, varints and floats to a buffer that grows by doubling. */
+/** Growth that leaves room for a large payload: resizable buffers grow in place. */
+const canResize = typeof (ArrayBuffer.prototype as { resize?: unknown }).resize === 'function'
+
+/**
+ * Appends bytes, varints and floats to a buffer. With `maxBytes`, the buffer is a resizable
+ * ArrayBuffer that grows in place (no copy, so no second buffer of the same size), where
+ * the runtime supports it; otherwise it doubles.
+ */
 export class ByteWriter {
   #buf: Uint8Array
   #view: DataView
   #len = 0
+  readonly #resizable: ArrayBuffer | null
 
-  constructor(initial = 1024) {
-    this.#buf = new Uint8Array(initial)
-    this.#view = new DataView(this.#buf.buffer)
+  constructor(initial = 1024, maxBytes?: number) {
+    if (maxBytes !== undefined && canResize) {
+      this.#resizable = new (ArrayBuffer as unknown as new (n: number, o: { maxByteLength: number }) => ArrayBuffer)(
+        initial,
+        { maxByteLength: maxBytes },
+      )
+      this.#buf = new Uint8Array(this.#resizable)
+      this.#view = new DataView(this.#resizable)
+    } else {
+      this.#resizable = null
+      this.#buf = new Uint8Array(initial)
+      this.#view = new DataView(this.#buf.buffer)
+    }
   }
 
   /** Bytes written so far. */
@@ -20,30 +38,53 @@ export class ByteWriter {
     return this.#len
   }
 
-  #reserve(n: number): void {
-    if (this.#len + n <= this.#buf.length) return
+  /** Makes room for `n` more bytes. */
+  reserve(n: number): void {
+    const need = this.#len + n
+    if (need <= this.#buf.length) return
+    if (this.#resizable) {
+      const max = (this.#resizable as { maxByteLength?: number }).maxByteLength as number
+      if (need > max) throw new RangeError(`output exceeds ${max} bytes`)
+      const size = Math.min(max, Math.max(need, Math.ceil(this.#buf.length * 1.5)))
+      ;(this.#resizable as unknown as { resize(n: number): void }).resize(size)
+      return
+    }
     let size = this.#buf.length * 2
-    while (size < this.#len + n) size *= 2
+    while (size < need) size *= 2
     const next = new Uint8Array(size)
     next.set(this.#buf.subarray(0, this.#len))
     this.#buf = next
     this.#view = new DataView(next.buffer)
   }
 
+  /** Moves bytes [from, length) to start at `to` (growing as needed) and sets the length to match. */
+  shift(from: number, to: number): void {
+    const tail = this.#len - from
+    if (to > from) this.reserve(to - from)
+    this.#buf.copyWithin(to, from, from + tail)
+    this.#len = to + tail
+  }
+
+  /** Overwrites bytes at `offset` (within what was written). */
+  patch(offset: number, data: Uint8Array): void {
+    if (offset + data.length > this.#len) throw new RangeError('patch beyond written bytes')
+    this.#buf.set(data, offset)
+  }
+
   byte(b: number): void {
-    this.#reserve(1)
+    this.reserve(1)
     this.#buf[this.#len++] = b
   }
 
   bytes(data: Uint8Array): void {
-    this.#reserve(data.length)
+    this.reserve(data.length)
     this.#buf.set(data, this.#len)
     this.#len += data.length
   }
 
   /** Unsigned varint of a non-negative safe integer (LEB128). */
   uvarint(n: number): void {
-    this.#reserve(8)
+    this.reserve(8)
     while (n >= 0x80) {
       this.#buf[this.#len++] = (n % 0x80) | 0x80
       n = Math.floor(n / 0x80)
@@ -59,7 +100,7 @@ export class ByteWriter {
   /** Signed varint of any 64-bit integer. */
   bigvarint(n: bigint): void {
     let z = n >= 0n ? n << 1n : (-n << 1n) - 1n
-    this.#reserve(10)
+    this.reserve(10)
     while (z >= 0x80n) {
       this.#buf[this.#len++] = Number(z & 0x7fn) | 0x80
       z >>= 7n
@@ -68,7 +109,7 @@ export class ByteWriter {
   }
 
   f64(x: number): void {
-    this.#reserve(8)
+    this.reserve(8)
     this.#view.setFloat64(this.#len, x, true)
     this.#len += 8
   }
@@ -91,7 +132,7 @@ export class ByteWriter {
     }
     // ASCII (ids, most text): copy code units directly, no intermediate buffer.
     this.uvarint(n)
-    this.#reserve(n)
+    this.reserve(n)
     const buf = this.#buf
     let pos = this.#len
     for (let i = 0; i < n; i++) buf[pos++] = s.charCodeAt(i)

@@ -25,11 +25,12 @@ const SITE_BYTES = 16
 export const MAX_CHUNK_RAW_BYTES = 64 * 1024 * 1024
 
 /**
- * Raw deflate (RFC 1951) for chunk bodies. The default is fflate, pure JavaScript that runs
- * in any runtime; the Node entry point passes node:zlib, which is several times faster.
- * Both produce and read the same format.
+ * The byte-crunching a payload needs: raw deflate (RFC 1951) for chunk bodies and SHA-256
+ * for the checksum. The default is pure JavaScript (fflate, @noble/hashes) that runs in any
+ * runtime; the Node entry point passes node:zlib and node:crypto, several times faster.
+ * Both produce and read the same bytes.
  */
-export interface DeflateCodec {
+export interface PayloadCodec {
   /** Compresses; level 1 is enough: payloads are mostly ids and text. */
   deflate(raw: Uint8Array): Uint8Array
   /**
@@ -37,13 +38,21 @@ export interface DeflateCodec {
    * a different length, when the data is corrupt or inflates to more.
    */
   inflate(data: Uint8Array, rawLen: number): Uint8Array
+  /** SHA-256 digest (32 bytes). */
+  sha256(data: Uint8Array): Uint8Array
 }
 
-export const fflateCodec: DeflateCodec = {
+export const portableCodec: PayloadCodec = {
   deflate: (raw) => deflateSync(raw, { level: 1 }),
   // fflate stops at the end of `out`: one spare byte tells "more than announced" apart.
   inflate: (data, rawLen) => inflateSync(data, { out: new Uint8Array(rawLen + 1) }),
+  sha256: (data) => sha256(data),
 }
+
+/** Room left before the first chunk for the header, which is written last. */
+const HEADER_RESERVE = 4096
+/** Largest payload an encoder will build. */
+const MAX_ENCODED_BYTES = 2 ** 32 - 1
 
 const F_PRESENT = 1
 const F_ROW_STAMP = 2
@@ -94,15 +103,17 @@ export class PayloadEncoder {
   readonly #siteIndex = new Map<string, number>()
   readonly #tables: WireTable[]
   readonly #rowCounts: number[]
-  readonly #chunks: Uint8Array[] = []
+  /** The payload under construction: header space, then chunks as they are added. */
+  readonly #out = new ByteWriter(HEADER_RESERVE + 64 * 1024, MAX_ENCODED_BYTES)
   #chunkCount = 0
-  readonly #codec: DeflateCodec
+  readonly #codec: PayloadCodec
 
-  constructor(sender: string, tables: WireTable[], codec: DeflateCodec = fflateCodec) {
+  constructor(sender: string, tables: WireTable[], codec: PayloadCodec = portableCodec) {
     this.#tables = tables
     this.#rowCounts = tables.map(() => 0)
     this.#codec = codec
     this.#site(sender)
+    this.#out.bytes(new Uint8Array(HEADER_RESERVE))
   }
 
   #site(site: string): number {
@@ -177,7 +188,8 @@ export class PayloadEncoder {
     head.uvarint(rows.length)
     head.uvarint(raw.length)
     head.uvarint(compressed.length)
-    this.#chunks.push(head.finish().slice(), compressed)
+    this.#out.bytes(head.finish())
+    this.#out.bytes(compressed)
     this.#rowCounts[table] = (this.#rowCounts[table] as number) + rows.length
     this.#chunkCount++
   }
@@ -213,17 +225,12 @@ export class PayloadEncoder {
     })
     h.uvarint(this.#chunkCount)
     const head = h.finish()
-    let size = head.length + CHECKSUM_BYTES
-    for (const c of this.#chunks) size += c.length
-    const out = new Uint8Array(size)
-    out.set(head, 0)
-    let pos = head.length
-    for (const c of this.#chunks) {
-      out.set(c, pos)
-      pos += c.length
-    }
-    out.set(sha256(out.subarray(0, pos)), pos)
-    return out
+    // The chunks were written after a reserved gap; slide them to sit right after the
+    // header (in place, so a large payload never exists twice in memory).
+    this.#out.shift(HEADER_RESERVE, head.length)
+    this.#out.patch(0, head)
+    this.#out.bytes(this.#codec.sha256(this.#out.finish()))
+    return this.#out.finish()
   }
 }
 
@@ -243,7 +250,7 @@ export class DecodedPayload {
   readonly #sites: string[]
   readonly #chunksStart: number
   readonly #chunksEnd: number
-  readonly #codec: DeflateCodec
+  readonly #codec: PayloadCodec
 
   private constructor(
     header: PayloadHeader,
@@ -251,7 +258,7 @@ export class DecodedPayload {
     sites: string[],
     start: number,
     end: number,
-    codec: DeflateCodec,
+    codec: PayloadCodec,
   ) {
     this.#codec = codec
     this.header = header
@@ -262,7 +269,7 @@ export class DecodedPayload {
   }
 
   /** Verifies magic, format and checksum, and decodes the header. */
-  static open(buf: Uint8Array, maxBytes: number, codec: DeflateCodec = fflateCodec): DecodedPayload {
+  static open(buf: Uint8Array, maxBytes: number, codec: PayloadCodec = portableCodec): DecodedPayload {
     if (!(buf instanceof Uint8Array)) throw badPayload('payload must be a Uint8Array')
     if (buf.length > maxBytes) {
       throw new ConvergeError('BAD_PAYLOAD', `payload of ${buf.length} bytes exceeds the limit of ${maxBytes}`, {
@@ -278,7 +285,7 @@ export class DecodedPayload {
     const format = buf[PAYLOAD_MAGIC.length]
     if (format !== PAYLOAD_FORMAT) throw badPayload(`unsupported format version ${format}`)
     const end = buf.length - CHECKSUM_BYTES
-    const digest = sha256(buf.subarray(0, end))
+    const digest = codec.sha256(buf.subarray(0, end))
     for (let i = 0; i < CHECKSUM_BYTES; i++) {
       if (digest[i] !== buf[end + i]) throw badPayload('checksum mismatch')
     }
