@@ -70,6 +70,12 @@ export interface RowState {
   readonly clStamp: Stamp
   /** Parallel to the table's data columns (canonical order); null where no version is held. */
   readonly cells: readonly (CellStamp | null)[]
+  /**
+   * Deleted rows only: the newest cell version the deleter's row held when it deleted it.
+   * A cell version newer than this, from another site, was not seen by the deleter: the
+   * delete overrode a concurrent write, which the conflict log keeps.
+   */
+  readonly seen?: Stamp
 }
 
 function freshCells(cl: number, hlc: number, site: string, n: number): CellStamp[] {
@@ -109,7 +115,27 @@ export function localUpdate(
 export function localDelete(state: RowState | null, hlc: number, site: string, dataCount: number): RowState {
   if (state !== null && !isAlive(state.cl)) return state
   const cl = state === null ? 2 : clAfterDelete(state.cl)
-  return { cl, clStamp: { cl, hlc, site }, cells: new Array<CellStamp | null>(dataCount).fill(null) }
+  const seen = state === null ? null : newestCell(state.cells)
+  const tombstone = { cl, clStamp: { cl, hlc, site }, cells: new Array<CellStamp | null>(dataCount).fill(null) }
+  return seen === null ? tombstone : { ...tombstone, seen }
+}
+
+function newestCell(cells: readonly (CellStamp | null)[]): Stamp | null {
+  let best: Stamp | null = null
+  for (const c of cells) if (c !== null && (best === null || compareStamps(c, best) > 0)) best = c
+  return best === null ? null : { cl: best.cl, hlc: best.hlc, site: best.site }
+}
+
+/** True when a cell version was written without its row's deleter having seen it. */
+function unseenByDeleter(cell: Stamp, tombstone: RowState): boolean {
+  if (cell.site === tombstone.clStamp.site) return false
+  return tombstone.seen === undefined || compareStamps(cell, tombstone.seen) > 0
+}
+
+function maxStamp(a: Stamp | undefined, b: Stamp | undefined): Stamp | undefined {
+  if (a === undefined) return b
+  if (b === undefined) return a
+  return compareStamps(a, b) >= 0 ? a : b
 }
 
 /** A concurrent write discarded by a merge. */
@@ -118,7 +144,9 @@ export interface MergeConflict {
   readonly column: number
   /** True when the incoming version won and the local one was discarded. */
   readonly incomingWon: boolean
-  readonly winner: CellStamp
+  /** True when the winner is the row's deletion (its stamp is the tombstone's). */
+  readonly deleted: boolean
+  readonly winner: Stamp
   readonly loser: Stamp
 }
 
@@ -153,8 +181,16 @@ export function mergeRow(local: RowState | null, incoming: RowState): RowMerge {
     const alive = isAlive(incoming.cl)
     const cells = alive ? incoming.cells.slice() : new Array<CellStamp | null>(n).fill(null)
     for (let c = 0; c < n; c++) if (cells[c]) won.push(c)
+    if (!alive && local !== null && wasAlive) {
+      local.cells.forEach((cell, c) => {
+        if (cell && unseenByDeleter(cell, incoming)) {
+          conflicts.push({ column: c, incomingWon: true, deleted: true, winner: incoming.clStamp, loser: cell })
+        }
+      })
+    }
+    const state: RowState = { cl: incoming.cl, clStamp: incoming.clStamp, cells }
     return {
-      state: { cl: incoming.cl, clStamp: incoming.clStamp, cells },
+      state: !alive && incoming.seen ? { ...state, seen: incoming.seen } : state,
       wasAlive,
       alive,
       lifeChanged: true,
@@ -162,17 +198,29 @@ export function mergeRow(local: RowState | null, incoming: RowState): RowMerge {
       conflicts,
     }
   }
-  if (incoming.cl < localCl) return { state: local, wasAlive, alive: wasAlive, lifeChanged: false, won, conflicts }
+  if (incoming.cl < localCl) {
+    if (!wasAlive && isAlive(incoming.cl)) {
+      incoming.cells.forEach((cell, c) => {
+        if (cell && unseenByDeleter(cell, local)) {
+          conflicts.push({ column: c, incomingWon: false, deleted: true, winner: local.clStamp, loser: cell })
+        }
+      })
+    }
+    return { state: local, wasAlive, alive: wasAlive, lifeChanged: false, won, conflicts }
+  }
   const clStamp = compareStamps(incoming.clStamp, local.clStamp) > 0 ? incoming.clStamp : local.clStamp
-  if (!wasAlive)
+  if (!wasAlive) {
+    const seen = maxStamp(local.seen, incoming.seen)
+    const state: RowState = { cl: localCl, clStamp, cells: local.cells }
     return {
-      state: { cl: localCl, clStamp, cells: local.cells },
+      state: seen ? { ...state, seen } : state,
       wasAlive,
       alive: false,
       lifeChanged: false,
       won,
       conflicts,
     }
+  }
   const cells = local.cells.slice()
   for (let c = 0; c < n; c++) {
     const inc = incoming.cells[c]
@@ -181,11 +229,11 @@ export function mergeRow(local: RowState | null, incoming: RowState): RowMerge {
     const order = cur === null ? 1 : compareStamps(inc, cur)
     if (order > 0) {
       if (cur !== null && isConflict(inc, cur))
-        conflicts.push({ column: c, incomingWon: true, winner: inc, loser: cur })
+        conflicts.push({ column: c, incomingWon: true, deleted: false, winner: inc, loser: cur })
       cells[c] = inc
       won.push(c)
     } else if (order < 0 && cur !== null && isConflict(cur, inc)) {
-      conflicts.push({ column: c, incomingWon: false, winner: cur, loser: inc })
+      conflicts.push({ column: c, incomingWon: false, deleted: false, winner: cur, loser: inc })
     }
   }
   return { state: { cl: localCl, clStamp, cells }, wasAlive, alive: true, lifeChanged: false, won, conflicts }

@@ -4,7 +4,7 @@
  * so a payload imported twice changes nothing the second time.
  */
 import { ConvergeError } from '../core/errors.js'
-import { type CellStamp, compareStamps, isAlive, mergeRow, type RowState } from '../core/merge.js'
+import { type CellStamp, compareStamps, isAlive, mergeRow, type RowState, type Stamp } from '../core/merge.js'
 import type { SqlValue } from '../core/values.js'
 import { covers, type VersionVector } from '../core/version-vector.js'
 import type { DecodedPayload, WireTable } from '../wire/payload.js'
@@ -19,8 +19,10 @@ export interface ConflictRecord {
   column: string
   kept: SqlValue
   lost: SqlValue
-  keptStamp: CellStamp
-  lostStamp: { site: string; hlc: number }
+  /** 'delete' when the kept side is the row's deletion (then `kept` is null). */
+  kind: 'update' | 'delete'
+  keptStamp: Stamp
+  lostStamp: Stamp
 }
 
 export interface ApplyResult {
@@ -144,7 +146,9 @@ export function applyPayload(
       }
       hold(row.clStamp.site, row.clStamp.hlc)
       for (const c of cells) if (c) hold(c.site, c.hlc)
-      const incoming: RowState = { cl: row.cl, clStamp: row.clStamp, cells }
+      const incoming: RowState = row.seen
+        ? { cl: row.cl, clStamp: row.clStamp, cells, seen: row.seen }
+        : { cl: row.cl, clStamp: row.clStamp, cells }
       if (unseen) {
         // A key never seen here: the join with nothing is the incoming row itself.
         queued.add(key)
@@ -179,14 +183,19 @@ export function applyPayload(
           table: t.name,
           pk: row.pk,
           column: t.schema.data[k.column]?.name as string,
-          kept: k.incomingWon ? (values[k.column] as SqlValue) : localValue,
+          kind: k.deleted ? 'delete' : 'update',
+          kept: k.deleted ? null : k.incomingWon ? (values[k.column] as SqlValue) : localValue,
           lost: k.incomingWon ? localValue : (values[k.column] as SqlValue),
           keptStamp: k.winner,
           lostStamp: k.loser,
         })
       }
       const stateChanged =
-        local === null || m.lifeChanged || m.won.length > 0 || compareStamps(m.state.clStamp, local.clStamp) !== 0
+        local === null ||
+        m.lifeChanged ||
+        m.won.length > 0 ||
+        compareStamps(m.state.clStamp, local.clStamp) !== 0 ||
+        m.state.seen !== local.seen
       if (stateChanged) t.saveState(row.pk, m.state)
       applied += (m.lifeChanged ? 1 : 0) + m.won.length
     }

@@ -70,7 +70,8 @@ export function encodeChanges(
         }
       }
       if (!any) continue
-      rows.push({ pk: raw.slice(0, k) as SqlValue[], cl: state.cl, clStamp: state.clStamp, stamps, values })
+      const pk = raw.slice(0, k) as SqlValue[]
+      rows.push({ pk, cl: state.cl, clStamp: state.clStamp, stamps, values, ...(state.seen && { seen: state.seen }) })
       if (rows.length === CHUNK_ROWS) {
         encoder.addChunk(ti, rows)
         onProgress?.(encoder.rows)

@@ -31,6 +31,7 @@ CREATE TABLE IF NOT EXISTS ${PREFIX}conflicts (
   tbl TEXT NOT NULL,
   pk BLOB NOT NULL,
   col TEXT NOT NULL,
+  kind TEXT NOT NULL DEFAULT 'update',
   kept,
   lost,
   kept_site TEXT NOT NULL,
@@ -141,6 +142,14 @@ export function decodeRow(stored: StoredRow, dataCount: number, sites: SiteTable
   const clStamp: Stamp = { cl, hlc: clh, site: clSite }
   const v = stored[4]
   const cells: (CellStamp | null)[] = new Array(dataCount)
+  if (!isAlive(cl)) {
+    // A tombstone's blob, when present, is what its deleter had seen: cl, hlc delta, site.
+    cells.fill(null)
+    if (v === null) return { cl, clStamp, cells }
+    const r = new ByteReader(v)
+    const seen: Stamp = { cl: r.uvarint(), hlc: clh + r.svarint(), site: sites.hex(r.uvarint()) }
+    return { cl, clStamp, cells, seen }
+  }
   if (v === null) {
     const cell: CellStamp | null = isAlive(cl) ? { cl, hlc: clh, site: clSite, prev: null } : null
     cells.fill(cell)
@@ -184,7 +193,15 @@ export function encodeRow(state: RowState, sites: SiteTable): [number, number, n
     if (cell.hlc !== clStamp.hlc || cell.site !== clStamp.site || cell.prev !== null) uniform = false
   }
   const head: [number, number, number, number] = [cl, clStamp.hlc, sites.idx(clStamp.site), max - clStamp.hlc]
-  if (uniform || !isAlive(cl)) return [...head, null]
+  if (!isAlive(cl)) {
+    if (!state.seen) return [...head, null]
+    const t = new ByteWriter(16)
+    t.uvarint(state.seen.cl)
+    t.svarint(state.seen.hlc - clStamp.hlc)
+    t.uvarint(sites.idx(state.seen.site))
+    return [...head, t.finish().slice()]
+  }
+  if (uniform) return [...head, null]
   const w = new ByteWriter(state.cells.length * 4)
   for (const cell of state.cells) {
     if (cell === null) {

@@ -43,6 +43,11 @@ export interface Conflict {
   /** Primary-key values, in key order. */
   pk: AppValue[]
   column: string
+  /**
+   * 'update': two concurrent writes to the cell, one kept. 'delete': the row was deleted
+   * concurrently with this write, and the deletion won (then `kept` is null).
+   */
+  kind: 'update' | 'delete'
   /** The value the merge kept (now in the table, unless overwritten since). */
   kept: AppValue
   /** The value the merge discarded. */
@@ -233,7 +238,7 @@ export class Replica {
     this.#open()
     const rows = this.db
       .prepare(
-        `SELECT id, tbl, pk, col, kept, lost, kept_site, lost_site, kept_hlc, lost_hlc, at
+        `SELECT id, tbl, pk, col, kept, lost, kept_site, lost_site, kept_hlc, lost_hlc, at, kind
          FROM ${PREFIX}conflicts WHERE resolved IS NULL ORDER BY id`,
       )
       .raw()
@@ -244,6 +249,7 @@ export class Replica {
       table: r[1] as string,
       pk: decodeKey(r[2] as Uint8Array).map(toAppValue),
       column: r[3] as string,
+      kind: r[11] as 'update' | 'delete',
       kept: toAppValue(r[4] as SqlValue),
       lost: toAppValue(r[5] as SqlValue),
       keptSite: r[6] as string,
@@ -346,8 +352,8 @@ export class Replica {
   #recordConflicts(conflicts: readonly ConflictRecord[]): void {
     if (!conflicts.length) return
     const insert = this.db.prepare(
-      `INSERT OR IGNORE INTO ${PREFIX}conflicts (tbl, pk, col, kept, lost, kept_site, kept_hlc, lost_site, lost_hlc, at)
-       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+      `INSERT OR IGNORE INTO ${PREFIX}conflicts (tbl, pk, col, kind, kept, lost, kept_site, kept_hlc, lost_site, lost_hlc, at)
+       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
     )
     const now = Date.now()
     for (const c of conflicts) {
@@ -355,6 +361,7 @@ export class Replica {
         c.table,
         encodeKey(c.pk),
         c.column,
+        c.kind,
         c.kept,
         c.lost,
         c.keptStamp.site,

@@ -83,6 +83,8 @@ export interface WireRow {
   readonly stamps: readonly (CellStamp | null)[]
   /** Parallel to `stamps`; meaningless where the stamp is null. */
   readonly values: readonly SqlValue[]
+  /** Deleted rows: the newest cell version the deleter had seen (see RowState.seen). */
+  readonly seen?: Stamp
 }
 
 /** Everything in a payload except its rows. */
@@ -148,6 +150,17 @@ export class PayloadEncoder {
       rw.svarint(row.clStamp.hlc - lastHlc)
       lastHlc = row.clStamp.hlc
       rw.uvarint(this.#site(row.clStamp.site))
+      if (row.cl % 2 === 0) {
+        // A tombstone says what its deleter had seen: 0, or 1 then (cl, hlc delta, site).
+        if (!row.seen) {
+          rw.byte(0)
+        } else {
+          rw.byte(1)
+          rw.uvarint(row.seen.cl)
+          rw.svarint(row.seen.hlc - row.clStamp.hlc)
+          rw.uvarint(this.#site(row.seen.site))
+        }
+      }
     }
     sections.push(rw.finish())
     const dataCount = t.columns.length - t.pkCount
@@ -401,7 +414,14 @@ export class DecodedPayload {
       if (s.remaining) throw badPayload('section overrun')
     }
     const rs = section()
-    const rows: { pk: SqlValue[]; cl: number; clStamp: Stamp; stamps: (CellStamp | null)[]; values: SqlValue[] }[] = []
+    const rows: {
+      pk: SqlValue[]
+      cl: number
+      clStamp: Stamp
+      stamps: (CellStamp | null)[]
+      values: SqlValue[]
+      seen?: Stamp
+    }[] = []
     let lastHlc = 0
     for (let i = 0; i < n; i++) {
       const cl = rs.uvarint()
@@ -414,6 +434,16 @@ export class DecodedPayload {
         stamps: [],
         values: [],
       })
+      if (cl % 2 === 0) {
+        const flag = rs.byte()
+        if (flag > 1) throw badPayload('bad tombstone flag')
+        if (flag === 1) {
+          const scl = rs.uvarint()
+          if (scl < 1 || scl >= cl || scl % 2 === 0) throw badPayload('bad tombstone life')
+          const row = rows[rows.length - 1] as { seen?: Stamp }
+          row.seen = { cl: scl, hlc: this.#hlc(lastHlc + rs.svarint()), site: this.#siteAt(rs.uvarint()) }
+        }
+      }
     }
     if (rs.remaining) throw badPayload('section overrun')
     const dataCount = t.columns.length - t.pkCount
