@@ -12,6 +12,7 @@ import Database from 'better-sqlite3'
 import { openReplica, type Replica } from 'sqlite-converge'
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest'
 import { dbHash, serializeValue } from './helpers/db-hash.js'
+import { sync } from './helpers/replicas.js'
 
 /** The replica's connection with its better-sqlite3 type (the API types it structurally). */
 const conn = (r: Replica): Database.Database => r.db as Database.Database
@@ -52,10 +53,6 @@ function memReplica(ddl: string, ...tables: string[]): Replica {
   conn(r).exec(ddl)
   for (const t of tables) r.enableSync(t)
   return r
-}
-
-function sync(from: Replica, to: Replica) {
-  return to.importChanges(from.exportChanges(to.versionVector()))
 }
 
 function rows(r: Replica, table = 'todos'): string[] {

@@ -2,16 +2,13 @@
 
 import { openReplica, type Replica } from 'sqlite-converge'
 import { describe, expect, it } from 'vitest'
+import { sync } from './helpers/replicas.js'
 
 function replica(site: string): Replica {
   const r = openReplica(':memory:', { siteId: site.repeat(32) })
   r.db.exec('CREATE TABLE t (id INTEGER PRIMARY KEY, a TEXT, b TEXT)')
   r.enableSync('t')
   return r
-}
-
-function send(from: Replica, to: Replica) {
-  return to.importChanges(from.exportChanges(to.versionVector()))
 }
 
 function rows(r: Replica) {
@@ -24,7 +21,7 @@ describe('update against a concurrent delete', () => {
       const x = replica('1')
       const y = replica('2')
       x.db.exec("INSERT INTO t VALUES (1, 'a', 'b'), (2, 'keep', 'me')")
-      send(x, y)
+      sync(x, y)
       x.db.exec('DELETE FROM t WHERE id = 1')
       y.db.exec("UPDATE t SET a = 'edited' WHERE id = 1")
       const fromX = x.exportChanges(y.versionVector())
@@ -52,11 +49,11 @@ describe('update against a concurrent delete', () => {
     const x = replica('1')
     const y = replica('2')
     x.db.exec("INSERT INTO t VALUES (1, 'a', 'b')")
-    send(x, y)
+    sync(x, y)
     y.db.exec("UPDATE t SET a = 'edited' WHERE id = 1")
-    send(y, x)
+    sync(y, x)
     x.db.exec('DELETE FROM t WHERE id = 1')
-    expect(send(x, y).conflicts).toBe(0)
+    expect(sync(x, y).conflicts).toBe(0)
     expect(x.conflicts()).toEqual([])
     expect(y.conflicts()).toEqual([])
     expect(rows(y)).toEqual([])
@@ -66,7 +63,7 @@ describe('update against a concurrent delete', () => {
     const x = replica('1')
     const y = replica('2')
     x.db.exec("INSERT INTO t VALUES (1, 'a', 'b')")
-    send(x, y)
+    sync(x, y)
     x.db.exec("UPDATE t SET b = 'x edit' WHERE id = 1")
     x.db.exec('DELETE FROM t WHERE id = 1')
     const payload = x.exportChanges(y.versionVector())
@@ -79,10 +76,10 @@ describe('update against a concurrent delete', () => {
     const x = replica('1')
     const y = replica('2')
     x.db.exec("INSERT INTO t VALUES (1, 'a', 'b')")
-    send(x, y)
+    sync(x, y)
     x.db.exec('DELETE FROM t WHERE id = 1')
     y.db.exec("UPDATE t SET a = 'edited' WHERE id = 1")
-    send(x, y)
+    sync(x, y)
     const [c] = y.conflicts()
     expect(() => y.resolveConflict(c?.id as number, 'restore')).toThrow(
       expect.objectContaining({ code: 'CONFLICT_STALE' }),
@@ -96,15 +93,15 @@ describe('update against a concurrent delete', () => {
     const y = replica('2')
     const z = replica('3')
     x.db.exec("INSERT INTO t VALUES (1, 'a', 'b')")
-    send(x, y)
-    send(x, z)
+    sync(x, y)
+    sync(x, z)
     y.db.exec("UPDATE t SET a = 'y saw it' WHERE id = 1")
-    send(y, x)
+    sync(y, x)
     x.db.exec('DELETE FROM t WHERE id = 1')
-    send(x, y)
+    sync(x, y)
     z.db.exec("UPDATE t SET b = 'z did not' WHERE id = 1")
     // z gets the tombstone only through y: y's update was seen by the deleter, z's was not.
-    expect(send(y, z).conflicts).toBe(1)
+    expect(sync(y, z).conflicts).toBe(1)
     expect(z.conflicts()).toEqual([expect.objectContaining({ column: 'b', kind: 'delete', lost: 'z did not' })])
   })
 })

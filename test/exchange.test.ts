@@ -10,6 +10,7 @@ import Database from 'better-sqlite3'
 import { ConvergeError, openReplica, type Replica } from 'sqlite-converge'
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest'
 import { dbHash, serializeValue } from './helpers/db-hash.js'
+import { codeOf, prng, sync } from './helpers/replicas.js'
 
 /** The replica's connection with its better-sqlite3 type (the API types it structurally). */
 const conn = (r: Replica): Database.Database => r.db as Database.Database
@@ -41,10 +42,6 @@ function replica(siteId?: string, ddl = TODOS, tables = ['todos'], options = {})
   return r
 }
 
-function sync(from: Replica, to: Replica) {
-  return to.importChanges(from.exportChanges(to.versionVector()))
-}
-
 function syncBoth(a: Replica, b: Replica): void {
   sync(a, b)
   sync(b, a)
@@ -69,32 +66,11 @@ function title(r: Replica, id: string): unknown {
   return conn(r).prepare('SELECT title FROM todos WHERE id = ?').pluck().get(id)
 }
 
-function codeOf(fn: () => unknown): string | undefined {
-  try {
-    fn()
-  } catch (err) {
-    expect(err).toBeInstanceOf(ConvergeError)
-    return (err as ConvergeError).code
-  }
-  return undefined
-}
-
 /** Lets the wall clock move on, so the next write has a strictly later HLC. */
 function tick(ms = 3): void {
   const end = Date.now() + ms
   while (Date.now() < end) {
     // busy wait: the HLC is wall-clock milliseconds
-  }
-}
-
-function prng(seed: number): () => number {
-  let a = seed >>> 0
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0
-    let t = a
-    t = Math.imul(t ^ (t >>> 15), t | 1)
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61)
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296
   }
 }
 

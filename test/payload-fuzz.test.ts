@@ -11,6 +11,7 @@ import { deflateSync, inflateSync } from 'fflate'
 import { ConvergeError, openReplica, type Replica } from 'sqlite-converge'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { dbContents, dbHash, diffContents, serializeValue } from './helpers/db-hash.js'
+import { prng } from './helpers/replicas.js'
 
 /** The replica's connection with its better-sqlite3 type (the API types it structurally). */
 const conn = (r: Replica): Database.Database => r.db as Database.Database
@@ -20,17 +21,6 @@ const conn = (r: Replica): Database.Database => r.db as Database.Database
 // ---------------------------------------------------------------------------------------
 
 const SEED = Number(process.env.FUZZ_SEED ?? 0x5eed1234)
-
-function prng(seed: number): () => number {
-  let a = seed >>> 0
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0
-    let t = a
-    t = Math.imul(t ^ (t >>> 15), t | 1)
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61)
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296
-  }
-}
 
 // ---------------------------------------------------------------------------------------
 // Fixtures

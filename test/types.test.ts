@@ -8,9 +8,10 @@ import { mkdtempSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import type Database from 'better-sqlite3'
-import { ConvergeError, openReplica, type Replica } from 'sqlite-converge'
+import { type ConvergeError, openReplica, type Replica } from 'sqlite-converge'
 import { afterAll, afterEach, describe, expect, it } from 'vitest'
 import { dbHash, serializeValue } from './helpers/db-hash.js'
+import { codeOf, sync } from './helpers/replicas.js'
 
 /** The replica's connection with its better-sqlite3 type (the API types it structurally). */
 const conn = (r: Replica): Database.Database => r.db as Database.Database
@@ -30,9 +31,6 @@ afterEach(() => {
 })
 
 /** Sends `to` what `from` has that `to` lacks; returns the import result. */
-function sync(from: Replica, to: Replica) {
-  return to.importChanges(from.exportChanges(to.versionVector()))
-}
 
 function syncBoth(a: Replica, b: Replica): void {
   sync(a, b)
@@ -61,16 +59,6 @@ function rows(r: Replica, table: string): string[] {
 
 function expectSameRows(a: Replica, b: Replica, table: string): void {
   expect(rows(b, table)).toEqual(rows(a, table))
-}
-
-function codeOf(fn: () => unknown): string | undefined {
-  try {
-    fn()
-  } catch (err) {
-    expect(err).toBeInstanceOf(ConvergeError)
-    return (err as ConvergeError).code
-  }
-  return undefined
 }
 
 // ---------------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
 // Helpers for end-to-end tests with several in-memory replicas.
-import { openReplica, type Replica } from 'sqlite-converge'
+import { ConvergeError, openReplica, type Replica } from 'sqlite-converge'
+import { expect } from 'vitest'
 
 /** Covers every storage class: INTEGER key, TEXT, REAL, BLOB (no affinity: keeps any class), NOT NULL with default. */
 export const ITEMS_DDL =
@@ -59,4 +60,27 @@ export function snapshot(r: Replica): string[] {
 /** Sends everything `to` lacks from `from` (since = `to`'s current vector); returns the import result. */
 export function sync(from: Replica, to: Replica): { applied: number; conflicts: number } {
   return to.importChanges(from.exportChanges(to.versionVector()))
+}
+
+/** The code of the ConvergeError `fn` throws (asserting it is one), or undefined if it returns. */
+export function codeOf(fn: () => unknown): string | undefined {
+  try {
+    fn()
+  } catch (err) {
+    expect(err).toBeInstanceOf(ConvergeError)
+    return (err as ConvergeError).code
+  }
+  return undefined
+}
+
+/** A small seeded generator (mulberry32), so fuzz runs replay exactly from their seed. */
+export function prng(seed: number): () => number {
+  let a = seed >>> 0
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0
+    let t = a
+    t = Math.imul(t ^ (t >>> 15), t | 1)
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61)
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296
+  }
 }
