@@ -196,7 +196,7 @@ export function applyPayload(
         m.won.length > 0 ||
         compareStamps(m.state.clStamp, local.clStamp) !== 0 ||
         m.state.seen !== local.seen
-      if (stateChanged) t.saveState(row.pk, m.state)
+      if (stateChanged) t.saveState(row.pk, m.state, local !== null)
       applied += (m.lifeChanged ? 1 : 0) + m.won.length
     }
     t.flushFresh()

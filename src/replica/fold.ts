@@ -98,6 +98,7 @@ export function foldTable(table: SyncedTable, site: string, clock: number): { cl
     }
     const items = [...pending.values()].sort((a, b) => compareKeys(a.pk, b.pk))
     for (const item of items) item.state = table.loadState(item.pk)
+    const known = items.map((item) => item.state !== null)
     for (const entry of batch) {
       const op = Number(entry[1])
       clock = nextHlc(clock, Number(entry[2]))
@@ -112,7 +113,9 @@ export function foldTable(table: SyncedTable, site: string, clock: number): { cl
       }
       after = entry[0] as bigint
     }
-    for (const { pk, state } of items) if (state !== null) table.saveState(pk, state)
+    items.forEach(({ pk, state }, i) => {
+      if (state !== null) table.saveState(pk, state, known[i])
+    })
     folded += batch.length
   }
   if (after > 0n) table.clearLog(after)

@@ -179,6 +179,9 @@ export function decodeRow(stored: StoredRow, dataCount: number, sites: SiteTable
   return { cl, clStamp, cells }
 }
 
+/** Reused by {@link encodeRow}, which copies out what it wrote: one buffer, not one per row. */
+const scratch = new ByteWriter(256)
+
 /** Encodes a {@link RowState} as [cl, clh, cls, md, v]; v is NULL in the common uniform case. */
 export function encodeRow(state: RowState, sites: SiteTable): [number, number, number, number, Uint8Array | null] {
   const { cl, clStamp } = state
@@ -195,14 +198,15 @@ export function encodeRow(state: RowState, sites: SiteTable): [number, number, n
   const head: [number, number, number, number] = [cl, clStamp.hlc, sites.idx(clStamp.site), max - clStamp.hlc]
   if (!isAlive(cl)) {
     if (!state.seen) return [...head, null]
-    const t = new ByteWriter(16)
-    t.uvarint(state.seen.cl)
-    t.svarint(state.seen.hlc - clStamp.hlc)
-    t.uvarint(sites.idx(state.seen.site))
-    return [...head, t.finish().slice()]
+    scratch.reset()
+    scratch.uvarint(state.seen.cl)
+    scratch.svarint(state.seen.hlc - clStamp.hlc)
+    scratch.uvarint(sites.idx(state.seen.site))
+    return [...head, scratch.finish().slice()]
   }
   if (uniform) return [...head, null]
-  const w = new ByteWriter(state.cells.length * 4)
+  const w = scratch
+  w.reset()
   for (const cell of state.cells) {
     if (cell === null) {
       w.byte(0)

@@ -34,6 +34,7 @@ export class SyncedTable {
   readonly #sites: SiteTable
   readonly #getRow: SqliteStatement
   readonly #putRow: SqliteStatement
+  readonly #updateRow: SqliteStatement
   readonly #logBatch: SqliteStatement
   readonly #logClear: SqliteStatement
   readonly #logAny: SqliteStatement
@@ -63,6 +64,7 @@ export class SyncedTable {
     const table = quoteId(schema.name)
     this.#keyWhere = schema.pk.map((c) => `${quoteId(c.name)} = ?`).join(' AND ')
     this.#getRow = db.prepare(`SELECT cl, clh, cls, md, v FROM ${rowsTable(id)} WHERE ${keyMatch}`).raw()
+    this.#updateRow = db.prepare(`UPDATE ${rowsTable(id)} SET cl = ?, clh = ?, cls = ?, md = ?, v = ? WHERE ${keyMatch}`)
     this.#putRow = db.prepare(
       `INSERT OR REPLACE INTO ${rowsTable(id)} (${keys.join(', ')}, cl, clh, cls, md, v) VALUES (${placeholders(keys.length + 5)})`,
     )
@@ -157,8 +159,10 @@ export class SyncedTable {
     return stored === undefined ? null : decodeRow(stored, this.dataCount, this.#sites)
   }
 
-  saveState(pk: readonly SqlValue[], state: RowState): void {
-    this.#putRow.run(...pk, ...encodeRow(state, this.#sites))
+  /** Writes a key's merge state; `existing` (it has one already) allows an in-place update. */
+  saveState(pk: readonly SqlValue[], state: RowState, existing = false): void {
+    if (existing) this.#updateRow.run(...encodeRow(state, this.#sites), ...pk)
+    else this.#putRow.run(...pk, ...encodeRow(state, this.#sites))
   }
 
   /** The keys among `pks` that have merge state here, as {@link keyString}s. */

@@ -143,6 +143,11 @@ export class ByteWriter {
   finish(): Uint8Array {
     return this.#buf.subarray(0, this.#len)
   }
+
+  /** Forgets what was written, keeping the buffer for reuse. */
+  reset(): void {
+    this.#len = 0
+  }
 }
 
 /** Reads what {@link ByteWriter} wrote; every read is bounds-checked and fails as `BAD_PAYLOAD`. */
