@@ -2,12 +2,24 @@
 import { openBetterSqlite3 } from './driver/better-sqlite3.js'
 import type { SqliteDatabase } from './driver/types.js'
 import { nodeCodec } from './platform/node-codec.js'
+import { nodeFiles } from './platform/node-files.js'
 import { Replica, type ReplicaOptions } from './replica/replica.js'
 
 export { ConvergeError, type ConvergeErrorCode, isConvergeError } from './core/errors.js'
 export type { AppValue } from './core/values.js'
 export type { VersionVector } from './core/version-vector.js'
 export type { RunResult, SqliteDatabase, SqliteStatement } from './driver/types.js'
+export type {
+  BundleExportOptions,
+  BundleExportResult,
+  BundleImportOptions,
+  BundleImportResult,
+  BundlePasswordEncryption,
+  BundleProgressCallback,
+  KeyInput,
+  Peer,
+  ReplicaFiles,
+} from './replica/bundles.js'
 export {
   type Conflict,
   type ImportResult,
@@ -15,6 +27,7 @@ export {
   Replica,
   type ReplicaOptions,
 } from './replica/replica.js'
+export type { ScryptParams } from './wire/bundle.js'
 export type { PayloadCodec } from './wire/payload.js'
 
 /**
@@ -24,7 +37,7 @@ export type { PayloadCodec } from './wire/payload.js'
 export function openReplica(database: string | SqliteDatabase, options: ReplicaOptions = {}): Replica {
   const db = typeof database === 'string' ? openBetterSqlite3(database) : database
   try {
-    return new Replica(db, { codec: nodeCodec, ...options })
+    return new Replica(db, { codec: nodeCodec, files: nodeFiles, ...options })
   } catch (err) {
     if (typeof database === 'string') db.close()
     throw err

@@ -334,14 +334,16 @@ afterAll(() => {
 
 /**
  * Two receivers that imported the same payloads hold the same database, except for the
- * wall-clock time at which each recorded its conflicts.
+ * wall-clock times at which each recorded its conflicts and heard from its peers.
  */
 function expectSameState(a: Replica, b: Replica): void {
   const ca = dbContents(conn(a))
   const cb = dbContents(conn(b))
-  expect(diffContents(ca, cb).filter((t) => t !== '_converge_conflicts')).toEqual([])
+  expect(diffContents(ca, cb).filter((t) => t !== '_converge_conflicts' && t !== '_converge_peers')).toEqual([])
   const strip = (r: Replica) => r.conflicts().map(({ recordedAt: _, ...c }) => c)
   expect(strip(a)).toEqual(strip(b))
+  const peers = (r: Replica) => r.peers().map(({ lastSeen: _, ...p }) => p)
+  expect(peers(a)).toEqual(peers(b))
 }
 
 /** Asserts that importing `payload` into `r` fails with one of `codes` and changes nothing. */

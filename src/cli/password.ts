@@ -10,20 +10,21 @@ const BACKSPACE = new Set(['\u007f', '\b'])
 /** The first line of `file`; an empty line is refused. */
 export function readPasswordFile(file: string): string {
   const password = readFileSync(file, 'utf8').split(/\r?\n/, 1)[0] ?? ''
-  if (password === '') throw new CliError('BAD_ARGUMENT', `the first line of ${file} is empty; it must hold the password`)
+  if (password === '')
+    throw new CliError('BAD_ARGUMENT', `the first line of ${file} is empty; it must hold the password`)
   return password
 }
 
 /**
  * Asks for a password on the terminal without echo; with `confirm`, asks twice (for
  * encrypting, where a typo would lock the bundle). Fails with usage status 2 when stdin is
- * not a terminal.
+ * not a terminal; `reason` says why a password is needed.
  */
-export async function askPassword(confirm: boolean): Promise<string> {
+export async function askPassword(reason: string, confirm: boolean): Promise<string> {
   if (!process.stdin.isTTY) {
     throw new CliError(
       'NO_TERMINAL',
-      'cannot ask for the password: stdin is not a terminal; pass --password-file FILE',
+      `a password is needed (${reason}) and stdin is not a terminal to ask for it; pass --password-file FILE`,
       2,
     )
   }
@@ -38,10 +39,11 @@ export async function askPassword(confirm: boolean): Promise<string> {
 /** Reads one line from the terminal in raw mode, echoing nothing. */
 function readHidden(prompt: string): Promise<string> {
   const stdin = process.stdin
-  process.stderr.write(prompt)
+  // Raw mode before the prompt, so nothing typed after the prompt appears can be echoed.
   stdin.setRawMode(true)
   stdin.setEncoding('utf8')
   stdin.resume()
+  process.stderr.write(prompt)
   return new Promise<string>((resolve, reject) => {
     let typed: string[] = []
     const finish = (error?: CliError) => {

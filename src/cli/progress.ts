@@ -4,42 +4,39 @@ import cliProgress from 'cli-progress'
 /** Below this many changes an export or import is quick enough to need no bar. */
 const SHOW_FROM = 4096
 
-/** Reports rows processed so far (and the total when known) to a bar that appears once the work is large. */
-export interface Progress {
-  /** Rows done so far; `total` when the caller knows it. */
-  update(rows: number, total?: number): void
-  /** Removes the bar, if one was drawn. */
-  stop(): void
-}
+/** Rows done so far, and the total when the caller knows it. */
+type OnProgress = (rows: number, total?: number) => void
 
-/** True when both output streams are terminals and the output is not meant for a program. */
-export function interactive(json = false): boolean {
-  return !json && process.stdout.isTTY === true && process.stderr.isTTY === true
-}
-
-/** A progress bar labelled `label` ("exporting"), or one that draws nothing when `enabled` is false. */
-export function progressBar(label: string, enabled: boolean): Progress {
+/**
+ * Runs `fn` with a progress callback. On a terminal (stdout and stderr both), a bar appears
+ * once the work passes a few thousand changes and is cleared when `fn` ends; when output
+ * is piped, nothing is drawn.
+ */
+export function withProgress<T>(label: string, fn: (onProgress: OnProgress) => T): T {
+  if (process.stdout.isTTY !== true || process.stderr.isTTY !== true) return fn(() => {})
   let bar: cliProgress.SingleBar | undefined
-  return {
-    update(rows, total) {
-      if (!enabled || (bar === undefined && Math.max(rows, total ?? 0) < SHOW_FROM)) return
-      if (bar === undefined) {
-        const known = total !== undefined
-        bar = new cliProgress.SingleBar({
-          format: known
-            ? `${label} {bar} {percentage}% | {value}/{total} changes | {duration_formatted}`
-            : `${label} {value} changes | {duration_formatted}`,
-          clearOnComplete: true,
-          stream: process.stderr,
-        })
-        bar.start(total ?? 0, rows)
-      } else {
-        if (total !== undefined) bar.setTotal(total)
-        bar.update(rows)
-      }
-    },
-    stop() {
-      bar?.stop()
-    },
+  const onProgress: OnProgress = (rows, total) => {
+    if (bar === undefined) {
+      if (Math.max(rows, total ?? 0) < SHOW_FROM) return
+      bar = new cliProgress.SingleBar({
+        format:
+          total === undefined
+            ? `${label} {value} changes | {duration_formatted}`
+            : `${label} {bar} {percentage}% | {value}/{total} changes | {duration_formatted}`,
+        formatValue: (value, _options, type) =>
+          type === 'value' || type === 'total' ? value.toLocaleString('en-US') : String(value),
+        clearOnComplete: true,
+        stream: process.stderr,
+      })
+      bar.start(total ?? 0, rows)
+      return
+    }
+    if (total !== undefined) bar.setTotal(total)
+    bar.update(rows)
+  }
+  try {
+    return fn(onProgress)
+  } finally {
+    bar?.stop()
   }
 }

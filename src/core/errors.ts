@@ -13,6 +13,9 @@ export type ConvergeErrorCode =
   | 'CONFLICT_STALE'
   | 'BAD_ARGUMENT'
   | 'CLOSED'
+  | 'BAD_BUNDLE'
+  | 'UNTRUSTED_BUNDLE'
+  | 'DECRYPT_FAILED'
 
 /** The one error class of sqlite-converge; `code` is stable across versions. */
 export class ConvergeError extends Error {

@@ -39,7 +39,7 @@ export function scanFloor(held: ReadonlyMap<string, number>, since: VersionVecto
   return floor
 }
 
-/** Adds every uncovered version of `tables` to `encoder`, chunk by chunk. */
+/** Adds every uncovered version of `tables` to `encoder`, chunk by chunk; without `tombstones`, live rows only. */
 export function encodeChanges(
   encoder: PayloadEncoder,
   tables: readonly SyncedTable[],
@@ -47,6 +47,7 @@ export function encodeChanges(
   since: VersionVector,
   floor: number,
   onProgress?: (rows: number) => void,
+  tombstones = true,
 ): void {
   if (floor === Number.POSITIVE_INFINITY) return
   tables.forEach((t, ti) => {
@@ -54,7 +55,7 @@ export function encodeChanges(
     const n = t.dataCount
     let rows: WireRow[] = []
     // Deletions first, so a receiver frees UNIQUE values before rows that reuse them arrive.
-    for (const raw of chain([false, true], (alive) => t.iterateChanged(floor, alive))) {
+    for (const raw of chain(tombstones ? [false, true] : [true], (alive) => t.iterateChanged(floor, alive))) {
       const state = decodeRow(raw.slice(k, k + 5) as StoredRow, n, sites)
       const values = raw.slice(k + 5) as SqlValue[]
       let any = !covers(since, state.clStamp.site, state.clStamp.hlc)

@@ -8,6 +8,21 @@ import { ByteReader, ByteWriter } from '../wire/bytes.js'
 import { bytesToHex, DecodedPayload, type PayloadCodec, PayloadEncoder, portableCodec } from '../wire/payload.js'
 import { readValue, writeValue } from '../wire/values.js'
 import { applyPayload, type ConflictRecord, matchTables } from './apply.js'
+import {
+  announcedVector,
+  BUNDLE_DDL,
+  type BundleExportOptions,
+  type BundleExportResult,
+  type BundleHost,
+  type BundleImportOptions,
+  type BundleImportResult,
+  exportBundle,
+  importBundle,
+  type Peer,
+  type ReplicaFiles,
+  readPeers,
+  recordPeer,
+} from './bundles.js'
 import { encodeChanges, scanFloor, wireTable } from './export.js'
 import { foldTable } from './fold.js'
 import { keyColumns, logTable, METADATA_DDL, maskWords, PREFIX, perTableDdl, SiteTable } from './metadata.js'
@@ -26,6 +41,8 @@ export interface ReplicaOptions {
   maxPayloadBytes?: number
   /** Deflate and SHA-256 for payloads (default: pure JS; Node's entry point passes node:zlib and node:crypto). */
   codec?: PayloadCodec
+  /** File access for bundles (Node's entry point passes node:fs); without it the bundle methods fail with `BAD_ARGUMENT`. */
+  files?: ReplicaFiles
 }
 
 /** Result of {@link Replica.importChanges}. */
@@ -77,7 +94,8 @@ export class Replica {
   readonly db: SqliteDatabase
   /** This replica's site id: 32 lowercase hex chars, stable across reopen. */
   readonly siteId: string
-  readonly #options: Required<Omit<ReplicaOptions, 'siteId'>>
+  readonly #options: Required<Omit<ReplicaOptions, 'siteId' | 'files'>>
+  readonly #files: ReplicaFiles | undefined
   readonly #sites: SiteTable
   readonly #tables = new Map<string, SyncedTable>()
   #clock: number
@@ -92,9 +110,11 @@ export class Replica {
       maxPayloadBytes: options.maxPayloadBytes ?? DEFAULT_MAX_PAYLOAD,
       codec: options.codec ?? portableCodec,
     })
+    this.#files = options.files
     db.exec('BEGIN IMMEDIATE')
     try {
       db.exec(METADATA_DDL)
+      db.exec(BUNDLE_DDL)
       const get = (key: string) =>
         (db.prepare(`SELECT value FROM ${PREFIX}state WHERE key = ?`).get(key) as { value: unknown } | undefined)?.value
       let site = get('site') as string | undefined
@@ -160,6 +180,15 @@ export class Replica {
    * everything), as a binary payload for {@link importChanges}.
    */
   exportChanges(since: VersionVector = {}, onProgress?: ProgressCallback): Uint8Array {
+    return this.#exportPayload(since, onProgress, false).payload
+  }
+
+  /** The export behind {@link exportChanges} and bundles; a snapshot leaves tombstones out. */
+  #exportPayload(
+    since: VersionVector,
+    onProgress: ProgressCallback | undefined,
+    snapshot: boolean,
+  ): { payload: Uint8Array; rows: number } {
     this.#open()
     checkVector(since)
     const tables = childrenFirst([...this.#tables.values()])
@@ -173,8 +202,9 @@ export class Replica {
       }[]) {
         held.set(r.site, r.held)
       }
-      encodeChanges(encoder, tables, this.#sites, since, scanFloor(held, since), onProgress)
-      return encoder.finish(this.#vector(), since, this.#clock)
+      encodeChanges(encoder, tables, this.#sites, since, scanFloor(held, since), onProgress, !snapshot)
+      const vector = announcedVector(this.db, this.siteId, this.#vector(), since, snapshot)
+      return { payload: encoder.finish(vector, since, this.#clock), rows: encoder.rows }
     })
   }
 
@@ -228,9 +258,46 @@ export class Replica {
           if (site !== this.siteId) seen.run(hlc, this.#sites.idx(site))
         }
       }
+      recordPeer(this.db, header.sender, header.vector)
       this.#setClock(Math.max(this.#clock, header.maxHlc))
       return { applied: result.applied, conflicts: result.conflicts.length }
     })
+  }
+
+  /**
+   * Writes a bundle file with the changes `options.for` lacks (a peer's site id or a
+   * vector; default everything), optionally a snapshot, signed or encrypted.
+   */
+  exportBundle(path: string, options: BundleExportOptions = {}): BundleExportResult {
+    this.#open()
+    return exportBundle(this.#bundleHost(), path, options)
+  }
+
+  /** Verifies, decrypts and merges a bundle file atomically; a bundle imported before is a no-op. */
+  importBundle(path: string, options: BundleImportOptions = {}): BundleImportResult {
+    this.#open()
+    return importBundle(this.#bundleHost(), path, options)
+  }
+
+  /** The peers this replica has imported changes from, with the newest vector each announced. */
+  peers(): Peer[] {
+    this.#open()
+    return readPeers(this.db)
+  }
+
+  #bundleHost(): BundleHost {
+    return {
+      db: this.db,
+      siteId: this.siteId,
+      files: this.#files,
+      codec: this.#options.codec,
+      maxPayloadBytes: this.#options.maxPayloadBytes,
+      exportPayload: (since, snapshot, onProgress) => this.#exportPayload(since, onProgress, snapshot),
+      importChanges: (payload, onProgress) => this.importChanges(payload, onProgress),
+      write: (fn) => this.#write(fn),
+      versionVector: () => this.versionVector(),
+      syncedTable: (name) => this.#tables.get(name),
+    }
   }
 
   /** Unresolved entries of the conflict log, oldest first. */

@@ -64,7 +64,9 @@ export class SyncedTable {
     const table = quoteId(schema.name)
     this.#keyWhere = schema.pk.map((c) => `${quoteId(c.name)} = ?`).join(' AND ')
     this.#getRow = db.prepare(`SELECT cl, clh, cls, md, v FROM ${rowsTable(id)} WHERE ${keyMatch}`).raw()
-    this.#updateRow = db.prepare(`UPDATE ${rowsTable(id)} SET cl = ?, clh = ?, cls = ?, md = ?, v = ? WHERE ${keyMatch}`)
+    this.#updateRow = db.prepare(
+      `UPDATE ${rowsTable(id)} SET cl = ?, clh = ?, cls = ?, md = ?, v = ? WHERE ${keyMatch}`,
+    )
     this.#putRow = db.prepare(
       `INSERT OR REPLACE INTO ${rowsTable(id)} (${keys.join(', ')}, cl, clh, cls, md, v) VALUES (${placeholders(keys.length + 5)})`,
     )
