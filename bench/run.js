@@ -86,7 +86,7 @@ function metadataBytes(db) {
 /** Runs bench/big.js in a child process; its last stdout line is a JSON result. */
 function runChild(...childArgs) {
   const script = path.join(path.dirname(fileURLToPath(import.meta.url)), 'big.js')
-  const child = spawnSync(process.execPath, [script, ...childArgs], {
+  const child = spawnSync(process.execPath, ['--expose-gc', script, ...childArgs], {
     encoding: 'utf8',
     stdio: ['ignore', 'pipe', 'inherit'],
     maxBuffer: 1024 * 1024,
@@ -139,6 +139,9 @@ function measureBig(dir) {
   progress('exporting and importing it (fresh child process)...')
   const sync = runChild('sync', source, target)
   if (sync.targetRows !== BIG_ROWS) throw new Error(`1M import produced ${sync.targetRows} rows`)
+  progress('the same through a signed bundle file (fresh child process)...')
+  const bundle = runChild('bundle', source, path.join(dir, 'big-bundle-target.db'), path.join(dir, 'big.bundle'))
+  if (bundle.targetRows !== BIG_ROWS) throw new Error(`1M bundle import produced ${bundle.targetRows} rows`)
   return [
     figure('6. peak RSS, export + import 1M rows', sync.maxRssMb, 'MB', null, 300),
     figure('peak RSS after export only (1M)', sync.exportRssMb, 'MB', null, null),
@@ -147,6 +150,11 @@ function measureBig(dir) {
     figure('export 1M', sync.exportMs, 'ms', null, null),
     figure('import 1M', sync.importMs, 'ms', null, null),
     figure('payload 1M', sync.payloadBytes, 'bytes', null, null),
+    figure('peak RSS, signed bundle file of 1M rows', bundle.maxRssMb, 'MB', null, 300),
+    figure('peak RSS after bundle export only (1M)', bundle.exportRssMb, 'MB', null, null),
+    figure('bundle 1M: export', bundle.exportMs, 'ms', null, null),
+    figure('bundle 1M: import', bundle.importMs, 'ms', null, null),
+    figure('bundle 1M: file', bundle.bundleBytes, 'bytes', null, null),
   ]
 }
 

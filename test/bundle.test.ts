@@ -144,9 +144,9 @@ describe('export and import', () => {
         if (!data) throw new Error(`no file ${p}`)
         return data
       },
-      writeFile: (p, d) => {
+      writeFile: (p, parts) => {
         calls.push(`write ${p}`)
-        store.set(p, d.slice())
+        store.set(p, Buffer.concat(parts))
       },
       rename: (f, t) => {
         calls.push(`rename ${f} ${t}`)

@@ -7,5 +7,9 @@ export const nodeCodec: PayloadCodec = {
   deflate: (raw) => deflateRawSync(raw, { level: 1 }),
   // maxOutputLength makes zlib stop (and throw) one byte past what the chunk announced.
   inflate: (data, rawLen) => inflateRawSync(data, { maxOutputLength: rawLen + 1 }),
-  sha256: (data) => createHash('sha256').update(data).digest(),
+  sha256: (...parts) => {
+    const h = createHash('sha256')
+    for (const part of parts) h.update(part)
+    return h.digest()
+  },
 }

@@ -4,11 +4,13 @@ import type { ReplicaFiles } from '../replica/bundles.js'
 
 export const nodeFiles: ReplicaFiles = {
   readFile: (path) => readFileSync(path),
-  writeFile: (path, data) => {
+  writeFile: (path, parts) => {
     const fd = openSync(path, 'w')
     try {
-      let done = 0
-      while (done < data.length) done += writeSync(fd, data, done, data.length - done)
+      for (const data of parts) {
+        let done = 0
+        while (done < data.length) done += writeSync(fd, data, done, data.length - done)
+      }
       fsyncSync(fd)
     } finally {
       closeSync(fd)

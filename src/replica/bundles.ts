@@ -30,8 +30,8 @@ import type { SyncedTable } from './synced-table.js'
 export interface ReplicaFiles {
   /** The whole file. */
   readFile(path: string): Uint8Array
-  /** Creates or replaces the file (and should flush it to disk before returning). */
-  writeFile(path: string, data: Uint8Array): void
+  /** Creates or replaces the file with the parts, in order (and should flush it to disk before returning). */
+  writeFile(path: string, parts: readonly Uint8Array[]): void
   /** Renames a file, replacing `to` atomically. */
   rename(from: string, to: string): void
 }
@@ -201,11 +201,15 @@ export function exportBundle(host: BundleHost, path: string, options: BundleExpo
   const onProgress = checkProgress(options.onProgress)
   const since = sinceFor(host, options.for)
   const { payload, rows } = host.exportPayload(since, snapshot, onProgress && ((n) => onProgress(n)))
-  const file = encodeBundle(payload, { snapshot, ...(signKey && { signKey }), ...(encrypt && { encrypt }) }, host.codec)
+  const parts = encodeBundle(
+    payload,
+    { snapshot, ...(signKey && { signKey }), ...(encrypt && { encrypt }) },
+    host.codec,
+  )
   const tmp = `${path}.tmp`
-  files.writeFile(tmp, file)
+  files.writeFile(tmp, parts)
   files.rename(tmp, path)
-  return { changes: rows, bytes: file.length }
+  return { changes: rows, bytes: parts.reduce((n, part) => n + part.length, 0) }
 }
 
 /** A `BAD_PAYLOAD` from the inner payload is a `BAD_BUNDLE` to the caller of importBundle. */

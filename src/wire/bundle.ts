@@ -147,15 +147,18 @@ function random(n: number): Uint8Array {
   return globalThis.crypto.getRandomValues(new Uint8Array(n))
 }
 
-function signatureMessage(signed: Uint8Array, codec: PayloadCodec): Uint8Array {
+function signatureMessage(signed: readonly Uint8Array[], codec: PayloadCodec): Uint8Array {
   const out = new Uint8Array(SIGNATURE_CONTEXT.length + HASH_BYTES)
   out.set(SIGNATURE_CONTEXT)
-  out.set(codec.sha256(signed), SIGNATURE_CONTEXT.length)
+  out.set(codec.sha256(...signed), SIGNATURE_CONTEXT.length)
   return out
 }
 
-/** Wraps a payload into a bundle file. */
-export function encodeBundle(payload: Uint8Array, options: BundleWriteOptions, codec: PayloadCodec): Uint8Array {
+/**
+ * Wraps a payload into a bundle file, returned as the parts to write one after the other
+ * (header, body, signature): an unencrypted body is the payload itself, not a copy.
+ */
+export function encodeBundle(payload: Uint8Array, options: BundleWriteOptions, codec: PayloadCodec): Uint8Array[] {
   const { encrypt, signKey } = options
   const h = new ByteWriter(160)
   h.bytes(BUNDLE_MAGIC)
@@ -187,16 +190,9 @@ export function encodeBundle(payload: Uint8Array, options: BundleWriteOptions, c
   h.bytes(len)
   h.bytes(codec.sha256(h.finish()))
   const header = h.finish().slice()
-  const file = new Uint8Array(header.length + bodyLength + (signKey ? SIGNATURE_BYTES : 0))
-  file.set(header)
-  const body = file.subarray(header.length, header.length + bodyLength)
-  if (key && nonce) xchacha20poly1305(key, nonce, header).encrypt(payload, body)
-  else body.set(payload)
-  if (signKey) {
-    const signed = file.subarray(0, header.length + bodyLength)
-    file.set(ed25519.sign(signatureMessage(signed, codec), signKey), signed.length)
-  }
-  return file
+  const body = key && nonce ? xchacha20poly1305(key, nonce, header).encrypt(payload) : payload
+  if (!signKey) return [header, body]
+  return [header, body, ed25519.sign(signatureMessage([header, body], codec), signKey)]
 }
 
 /** Checks the framing and the header hash; `maxBody` bounds the body length. Throws `BAD_BUNDLE`. */
@@ -277,7 +273,7 @@ export function parseBundle(file: Uint8Array, maxBody: number, codec: PayloadCod
 export function verifyBundle(bundle: ParsedBundle, codec: PayloadCodec): boolean {
   if (!bundle.signer || !bundle.signature) return false
   try {
-    return ed25519.verify(bundle.signature, signatureMessage(bundle.signedBytes, codec), bundle.signer, {
+    return ed25519.verify(bundle.signature, signatureMessage([bundle.signedBytes], codec), bundle.signer, {
       zip215: false,
     })
   } catch {

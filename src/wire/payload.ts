@@ -38,15 +38,19 @@ export interface PayloadCodec {
    * a different length, when the data is corrupt or inflates to more.
    */
   inflate(data: Uint8Array, rawLen: number): Uint8Array
-  /** SHA-256 digest (32 bytes). */
-  sha256(data: Uint8Array): Uint8Array
+  /** SHA-256 digest (32 bytes) of the parts, concatenated. */
+  sha256(...parts: Uint8Array[]): Uint8Array
 }
 
 export const portableCodec: PayloadCodec = {
   deflate: (raw) => deflateSync(raw, { level: 1 }),
   // fflate stops at the end of `out`: one spare byte tells "more than announced" apart.
   inflate: (data, rawLen) => inflateSync(data, { out: new Uint8Array(rawLen + 1) }),
-  sha256: (data) => sha256(data),
+  sha256: (...parts) => {
+    const h = sha256.create()
+    for (const part of parts) h.update(part)
+    return h.digest()
+  },
 }
 
 /** Room left before the first chunk for the header, which is written last. */
