@@ -13,13 +13,3 @@ export function toAppValue(value: SqlValue): AppValue {
   if (typeof value === 'bigint' && value <= MAX_SAFE && value >= -MAX_SAFE) return Number(value)
   return value
 }
-
-/** Exact equality of two SQLite values, type included (1 and 1.0 differ). */
-export function sameValue(a: SqlValue, b: SqlValue): boolean {
-  if (a instanceof Uint8Array && b instanceof Uint8Array) {
-    if (a.length !== b.length) return false
-    for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false
-    return true
-  }
-  return a === b
-}

@@ -33,7 +33,7 @@ function valueKey(v: SqlValue): string {
 const TYPE_ORDER = { bigint: 1, number: 1, string: 2, object: 3 } as const
 
 /** Orders keys roughly as SQLite does (numbers, text, blobs); used only for locality. */
-export function compareKeys(a: readonly SqlValue[], b: readonly SqlValue[]): number {
+function compareKeys(a: readonly SqlValue[], b: readonly SqlValue[]): number {
   for (let i = 0; i < a.length; i++) {
     const x = a[i] as SqlValue
     const y = b[i] as SqlValue
