@@ -4,6 +4,7 @@ import type { SqliteDatabase } from './driver/types.js'
 import { nodeCodec } from './platform/node-codec.js'
 import { nodeFiles } from './platform/node-files.js'
 import { Replica, type ReplicaOptions } from './replica/replica.js'
+import { httpSync } from './sync/http-sync.js'
 
 export { ConvergeError, type ConvergeErrorCode, isConvergeError } from './core/errors.js'
 export type { AppValue } from './core/values.js'
@@ -26,6 +27,10 @@ export {
   type ProgressCallback,
   Replica,
   type ReplicaOptions,
+  type SyncHost,
+  type SyncOptions,
+  type SyncResult,
+  type SyncTransport,
 } from './replica/replica.js'
 export type { ScryptParams } from './wire/bundle.js'
 export type { PayloadCodec } from './wire/payload.js'
@@ -37,7 +42,7 @@ export type { PayloadCodec } from './wire/payload.js'
 export function openReplica(database: string | SqliteDatabase, options: ReplicaOptions = {}): Replica {
   const db = typeof database === 'string' ? openBetterSqlite3(database) : database
   try {
-    return new Replica(db, { codec: nodeCodec, files: nodeFiles, ...options })
+    return new Replica(db, { codec: nodeCodec, files: nodeFiles, sync: httpSync, ...options })
   } catch (err) {
     if (typeof database === 'string') db.close()
     throw err

@@ -41,6 +41,7 @@ describe('layers', () => {
     core: ['core'],
     wire: ['core', 'wire'],
     replica: ['core', 'wire', 'driver', 'replica'],
+    sync: ['core', 'wire', 'replica', 'sync'],
   }
   for (const [folder, may] of Object.entries(allowed)) {
     it(`src/${folder} imports no node: module, no native driver, and only ${may.join(', ')}`, () => {
@@ -56,6 +57,17 @@ describe('layers', () => {
       }
     })
   }
+  it('only the command line depends on src/cli, and nothing below the server on src/server', () => {
+    for (const folder of ['core', 'wire', 'driver', 'replica', 'sync', 'platform', 'server']) {
+      for (const { file, text } of sources(folder)) {
+        for (const spec of imports(text)) {
+          expect(spec.includes('/cli/'), `${file} imports ${spec}`).toBe(false)
+          if (folder !== 'server') expect(spec.includes('/server/'), `${file} imports ${spec}`).toBe(false)
+        }
+      }
+    }
+  })
+
   it('src/replica depends on the driver only through its types', () => {
     for (const { file, text } of sources('replica')) {
       for (const line of text.split('\n').filter((l) => l.includes("from '../driver/"))) {

@@ -111,7 +111,76 @@ export function buildProgram(): Command {
       console.log(`wrote ${privateFile} (private: keep it secret) and ${publicFile} (give it to peers for --trust)`)
     })
 
+  program
+    .command('serve')
+    .description('run the sync server: databases under --data, credentials and limits from --config')
+    .option('--port <port>', 'port (0: any free port)', portNumber, 8787)
+    .option('--host <host>', 'address to listen on', '127.0.0.1')
+    .option('--data <dir>', 'directory of the database files', './converge-data')
+    .option('--config <file>', 'JSON configuration: databases, apiKeys, jwt, maxPayloadBytes, rateLimit')
+    .action(serve)
+
+  program
+    .command('sync')
+    .description('sync a database with a sync server once: send what it lacks, merge its answer')
+    .argument('<db>', 'database file')
+    .argument('<url>', 'http(s)://HOST:PORT/db/NAME')
+    .option('--token <token>', 'API key or JWT (default: $CONVERGE_TOKEN)')
+    .option('--json', 'print the result as JSON')
+    .action((db: string, url: string, opts: { token?: string; json?: boolean }) =>
+      withReplica(db, {}, async (r) => {
+        const token = opts.token ?? process.env.CONVERGE_TOKEN
+        const result = await r.sync(url, token === undefined ? {} : { token })
+        if (opts.json) return printJson(result)
+        const tables = result.receive.tables.length ? ` (${result.receive.tables.join(', ')})` : ''
+        console.log(
+          `synced: sent ${plural(result.send.rows, 'row')}, received ${plural(result.receive.rows, 'row')}${tables}, ` +
+            `${plural(result.receive.conflicts, 'new conflict')}; local version ${result.send.localVersion}, server version ${result.send.serverVersion}`,
+        )
+      }),
+    )
+
   return program
+}
+
+async function serve(opts: { port: number; host: string; data: string; config?: string }): Promise<void> {
+  const { createServer } = await import('../server/index.js')
+  const { pino } = await import('pino')
+  let config: unknown
+  if (opts.config !== undefined) {
+    try {
+      config = JSON.parse(readFileSync(opts.config, 'utf8'))
+    } catch (err) {
+      if ((err as { code?: unknown }).code) throw err
+      throw new CliError('BAD_ARGUMENT', `${opts.config} is not valid JSON: ${(err as Error).message}`)
+    }
+  }
+  // Logs go to stderr; stdout carries one line with the URL, for scripts.
+  const logger = pino(pino.destination(2))
+  const server = await createServer({
+    host: opts.host,
+    port: opts.port,
+    data: opts.data,
+    logger,
+    ...(config !== undefined && { config: config as object }),
+  })
+  console.log(`converge server listening on ${server.url}`)
+  await new Promise<void>((done) => {
+    const stop = () => {
+      process.off('SIGINT', stop)
+      process.off('SIGTERM', stop)
+      void server.close().then(done)
+    }
+    process.on('SIGINT', stop)
+    process.on('SIGTERM', stop)
+  })
+}
+
+function portNumber(value: string): number {
+  if (!/^[0-9]{1,5}$/.test(value) || Number(value) > 65535) {
+    throw new InvalidArgumentError('a port is an integer from 0 to 65535.')
+  }
+  return Number(value)
 }
 
 interface ExportOptions {

@@ -16,6 +16,12 @@ export type ConvergeErrorCode =
   | 'BAD_BUNDLE'
   | 'UNTRUSTED_BUNDLE'
   | 'DECRYPT_FAILED'
+  | 'UNAUTHORIZED'
+  | 'PAYLOAD_TOO_LARGE'
+  | 'RATE_LIMITED'
+  | 'NO_SUCH_DATABASE'
+  | 'NETWORK'
+  | 'SERVER_ERROR'
 
 /** The one error class of sqlite-converge; `code` is stable across versions. */
 export class ConvergeError extends Error {

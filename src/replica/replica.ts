@@ -43,7 +43,55 @@ export interface ReplicaOptions {
   codec?: PayloadCodec
   /** File access for bundles (Node's entry point passes node:fs); without it the bundle methods fail with `BAD_ARGUMENT`. */
   files?: ReplicaFiles
+  /** Network sync for {@link Replica.sync} (Node's entry point passes the HTTP client); without it `sync` fails with `BAD_ARGUMENT`. */
+  sync?: SyncTransport
 }
+
+/** Options of {@link Replica.sync}. */
+export interface SyncOptions {
+  /** Bearer token: an API key or a JWT the server accepts for this database. */
+  token?: string
+  /** Give up after this many milliseconds (default 60000). */
+  timeoutMs?: number
+}
+
+/** Result of {@link Replica.sync}. */
+export interface SyncResult {
+  send: {
+    status: 'synced' | 'error'
+    /** Rows sent to the server. */
+    rows: number
+    /** This replica's own version vector entry after the round. */
+    localVersion: number
+    /** The server's version (newest HLC it holds), from its response. */
+    serverVersion: number
+  }
+  receive: {
+    /** Rows in the server's answer (what this replica lacked). */
+    rows: number
+    /** Changes that took effect here (see {@link ImportResult.applied}). */
+    applied: number
+    /** New entries in the conflict log. */
+    conflicts: number
+    /** Tables the answer changed. */
+    tables: string[]
+  }
+}
+
+/** What a {@link SyncTransport} may use of the replica. */
+export interface SyncHost {
+  readonly siteId: string
+  exportChanges(since: VersionVector): Uint8Array
+  importChanges(payload: Uint8Array): ImportResult
+  versionVector(): VersionVector
+  peers(): Peer[]
+  /** A value the transport stored for this replica (e.g. a server's site id), or undefined. */
+  recall(key: string): string | undefined
+  remember(key: string, value: string): void
+}
+
+/** Runs one sync round with a server (src/sync/http-sync.ts). */
+export type SyncTransport = (host: SyncHost, url: string, options: SyncOptions) => Promise<SyncResult>
 
 /** Result of {@link Replica.importChanges}. */
 export interface ImportResult {
@@ -94,8 +142,9 @@ export class Replica {
   readonly db: SqliteDatabase
   /** This replica's site id: 32 lowercase hex chars, stable across reopen. */
   readonly siteId: string
-  readonly #options: Required<Omit<ReplicaOptions, 'siteId' | 'files'>>
+  readonly #options: Required<Omit<ReplicaOptions, 'siteId' | 'files' | 'sync'>>
   readonly #files: ReplicaFiles | undefined
+  readonly #sync: SyncTransport | undefined
   readonly #sites: SiteTable
   readonly #tables = new Map<string, SyncedTable>()
   #clock: number
@@ -111,6 +160,7 @@ export class Replica {
       codec: options.codec ?? portableCodec,
     })
     this.#files = options.files
+    this.#sync = options.sync
     db.exec('BEGIN IMMEDIATE')
     try {
       db.exec(METADATA_DDL)
@@ -283,6 +333,39 @@ export class Replica {
   peers(): Peer[] {
     this.#open()
     return readPeers(this.db)
+  }
+
+  /**
+   * One sync round with a sync server (`http(s)://HOST:PORT/db/NAME`; `ws(s)://` is mapped
+   * to http(s)): sends what the server lacks, merges its answer. Failures throw
+   * `ConvergeError` with the server's code, or `NETWORK`.
+   */
+  async sync(url: string, options: SyncOptions = {}): Promise<SyncResult> {
+    this.#open()
+    const transport = this.#sync
+    if (!transport) throw new ConvergeError('BAD_ARGUMENT', 'this replica was opened without a sync transport')
+    const key = (k: string) => `sync:${k}`
+    return transport(
+      {
+        siteId: this.siteId,
+        exportChanges: (since) => this.exportChanges(since),
+        importChanges: (payload) => this.importChanges(payload),
+        versionVector: () => this.versionVector(),
+        peers: () => this.peers(),
+        recall: (k) =>
+          (
+            this.db.prepare(`SELECT value FROM ${PREFIX}state WHERE key = ?`).get(key(k)) as
+              | { value: string }
+              | undefined
+          )?.value,
+        remember: (k, v) => {
+          this.#open()
+          this.db.prepare(`INSERT OR REPLACE INTO ${PREFIX}state (key, value) VALUES (?, ?)`).run(key(k), v)
+        },
+      },
+      url,
+      options,
+    )
   }
 
   #bundleHost(): BundleHost {
