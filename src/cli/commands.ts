@@ -140,6 +140,37 @@ export function buildProgram(): Command {
       }),
     )
 
+  program
+    .command('watch')
+    .description('live sync: push local commits and print remote changes as they arrive, until Ctrl-C')
+    .argument('<db>', 'database file')
+    .argument('<url>', 'ws(s)://HOST:PORT/db/NAME (http(s):// works too)')
+    .option('--token <token>', 'API key or JWT (default: $CONVERGE_TOKEN)')
+    .action((db: string, url: string, opts: { token?: string }) =>
+      withReplica(db, {}, async (r) => {
+        const token = opts.token ?? process.env.CONVERGE_TOKEN
+        const session = r.connect(url, token === undefined ? {} : { token })
+        session.on('status', (s) => {
+          console.log(s.error ? `${s.state}: ${s.error.code}: ${s.error.message}` : s.state)
+        })
+        session.on('change', (c) => {
+          const parts = Object.entries(c.rows).map(([table, n]) => `${plural(n, 'row')} in ${table}`)
+          const conflicts = c.conflicts > 0 ? `, ${plural(c.conflicts, 'new conflict')}` : ''
+          console.log(`received ${parts.join(', ')}${conflicts}`)
+        })
+        await new Promise<void>((done) => {
+          const stop = () => {
+            process.off('SIGINT', stop)
+            process.off('SIGTERM', stop)
+            done()
+          }
+          process.on('SIGINT', stop)
+          process.on('SIGTERM', stop)
+        })
+        await session.close()
+      }),
+    )
+
   return program
 }
 

@@ -45,6 +45,8 @@ export interface ReplicaOptions {
   files?: ReplicaFiles
   /** Network sync for {@link Replica.sync} (Node's entry point passes the HTTP client); without it `sync` fails with `BAD_ARGUMENT`. */
   sync?: SyncTransport
+  /** Live sync for {@link Replica.connect} (Node's entry point passes the WebSocket client); without it `connect` fails with `BAD_ARGUMENT`. */
+  live?: LiveTransport
 }
 
 /** Options of {@link Replica.sync}. */
@@ -92,6 +94,65 @@ export interface SyncHost {
 
 /** Runs one sync round with a server (src/sync/http-sync.ts). */
 export type SyncTransport = (host: SyncHost, url: string, options: SyncOptions) => Promise<SyncResult>
+
+/** Options of {@link Replica.connect}. */
+export interface LiveOptions {
+  /** Bearer token: an API key or a JWT the server accepts for this database. */
+  token?: string
+  /** First reconnection delay in milliseconds (default 250); it doubles after each failure. */
+  minBackoffMs?: number
+  /** Longest reconnection delay in milliseconds (default 30000). */
+  maxBackoffMs?: number
+  /** How often to look for local writes, in milliseconds (default 20). */
+  pollMs?: number
+}
+
+/** A live session's connection state, with the last error when there was one. */
+export interface LiveStatus {
+  state: 'connecting' | 'online' | 'offline'
+  error?: { code: string; message: string }
+}
+
+/** Remote changes a live session merged. */
+export interface LiveChange {
+  /** Tables the changes touched. */
+  tables: string[]
+  /** Rows received per table. */
+  rows: Record<string, number>
+  /** Changes that took effect (see {@link ImportResult.applied}). */
+  applied: number
+  /** New entries in the conflict log. */
+  conflicts: number
+}
+
+/** Events of a {@link LiveSession}. */
+export interface LiveEvents {
+  change: LiveChange
+  status: LiveStatus
+}
+
+/** A live connection to a sync server (see {@link Replica.connect}). */
+export interface LiveSession {
+  /** Subscribes to an event; returns the function that unsubscribes. */
+  on<K extends keyof LiveEvents>(event: K, listener: (value: LiveEvents[K]) => void): () => void
+  /** The current state. */
+  readonly status: LiveStatus
+  /** Stops reconnecting, closes the connection and the local-write watch. */
+  close(): Promise<void>
+}
+
+/** What a {@link LiveTransport} may use of the replica. */
+export interface LiveHost extends SyncHost {
+  /** See {@link Replica.hasPendingChanges}. */
+  hasPendingChanges(): boolean
+  /** SQLite's `PRAGMA data_version`: changes when another connection commits to the file. */
+  dataVersion(): number
+  /** True while the app holds a transaction open on the replica's connection. */
+  inTransaction(): boolean
+}
+
+/** Opens a live session with a server (src/sync/ws-session.ts). */
+export type LiveTransport = (host: LiveHost, url: string, options: LiveOptions) => LiveSession
 
 /** Result of {@link Replica.importChanges}. */
 export interface ImportResult {
@@ -142,9 +203,10 @@ export class Replica {
   readonly db: SqliteDatabase
   /** This replica's site id: 32 lowercase hex chars, stable across reopen. */
   readonly siteId: string
-  readonly #options: Required<Omit<ReplicaOptions, 'siteId' | 'files' | 'sync'>>
+  readonly #options: Required<Omit<ReplicaOptions, 'siteId' | 'files' | 'sync' | 'live'>>
   readonly #files: ReplicaFiles | undefined
   readonly #sync: SyncTransport | undefined
+  readonly #live: LiveTransport | undefined
   readonly #sites: SiteTable
   readonly #tables = new Map<string, SyncedTable>()
   #clock: number
@@ -161,6 +223,7 @@ export class Replica {
     })
     this.#files = options.files
     this.#sync = options.sync
+    this.#live = options.live
     db.exec('BEGIN IMMEDIATE')
     try {
       db.exec(METADATA_DDL)
@@ -344,28 +407,61 @@ export class Replica {
     this.#open()
     const transport = this.#sync
     if (!transport) throw new ConvergeError('BAD_ARGUMENT', 'this replica was opened without a sync transport')
-    const key = (k: string) => `sync:${k}`
+    return transport(this.#syncHost(), url, options)
+  }
+
+  /**
+   * Live sync with a sync server (`ws(s)://HOST:PORT/db/NAME`; `http(s)://` is mapped to
+   * ws(s)): pushes local commits (from any connection to the file) within tens of
+   * milliseconds and merges the server's changes as they happen; reconnects on its own.
+   */
+  connect(url: string, options: LiveOptions = {}): LiveSession {
+    this.#open()
+    const transport = this.#live
+    if (!transport) throw new ConvergeError('BAD_ARGUMENT', 'this replica was opened without a live transport')
+    const dataVersion = this.db.prepare('PRAGMA data_version')
     return transport(
       {
-        siteId: this.siteId,
-        exportChanges: (since) => this.exportChanges(since),
-        importChanges: (payload) => this.importChanges(payload),
-        versionVector: () => this.versionVector(),
-        peers: () => this.peers(),
-        recall: (k) =>
-          (
-            this.db.prepare(`SELECT value FROM ${PREFIX}state WHERE key = ?`).get(key(k)) as
-              | { value: string }
-              | undefined
-          )?.value,
-        remember: (k, v) => {
+        ...this.#syncHost(),
+        hasPendingChanges: () => this.hasPendingChanges(),
+        dataVersion: () => {
           this.#open()
-          this.db.prepare(`INSERT OR REPLACE INTO ${PREFIX}state (key, value) VALUES (?, ?)`).run(key(k), v)
+          return Number((dataVersion.get() as { data_version: number }).data_version)
         },
+        inTransaction: () => this.db.inTransaction,
       },
       url,
       options,
     )
+  }
+
+  /**
+   * True when a synced table's change log holds writes not folded into the metadata yet
+   * (writes since the last export, import or {@link versionVector}). A read, no write
+   * transaction; tables another connection enabled are seen after the next write transaction.
+   */
+  hasPendingChanges(): boolean {
+    this.#open()
+    for (const t of this.#tables.values()) if (t.hasPendingWrites()) return true
+    return false
+  }
+
+  #syncHost(): SyncHost {
+    const key = (k: string) => `sync:${k}`
+    return {
+      siteId: this.siteId,
+      exportChanges: (since) => this.exportChanges(since),
+      importChanges: (payload) => this.importChanges(payload),
+      versionVector: () => this.versionVector(),
+      peers: () => this.peers(),
+      recall: (k) =>
+        (this.db.prepare(`SELECT value FROM ${PREFIX}state WHERE key = ?`).get(key(k)) as { value: string } | undefined)
+          ?.value,
+      remember: (k, v) => {
+        this.#open()
+        this.db.prepare(`INSERT OR REPLACE INTO ${PREFIX}state (key, value) VALUES (?, ?)`).run(key(k), v)
+      },
+    }
   }
 
   #bundleHost(): BundleHost {

@@ -19,6 +19,7 @@ import { RateLimiter } from './rate-limit.js'
 import { DB_NAME_RE, SqliteStore } from './sqlite-store.js'
 import { statusPage } from './status-page.js'
 import type { SyncStore } from './store.js'
+import { LiveHub } from './ws.js'
 
 /** Options of {@link createServer}. */
 export interface ServerOptions {
@@ -115,6 +116,7 @@ export async function createServer(options: ServerOptions = {}): Promise<Converg
     options.store ?? new SqliteStore({ dir: resolve(options.data ?? 'converge-data'), maxPayloadBytes: maxBytes })
   const metrics = new Metrics()
   const version = packageVersion()
+  const live = new LiveHub({ store, auth, limiter, metrics, log, maxPayloadBytes: maxBytes })
 
   const sendJson = (res: ServerResponse, status: number, body: unknown) => {
     const text = JSON.stringify(body)
@@ -164,6 +166,7 @@ export async function createServer(options: ServerOptions = {}): Promise<Converg
       [SERVER_VERSION_HEADER]: String(serverVersion),
     })
     res.end(answer.payload)
+    live.notify(name, applied)
     const ms = performance.now() - started
     metrics.activity({
       time: Date.now(),
@@ -244,6 +247,8 @@ export async function createServer(options: ServerOptions = {}): Promise<Converg
       res.destroy()
     })
   })
+  // Live sync: WebSocket upgrades of /db/NAME (src/server/ws.ts).
+  server.on('upgrade', (req, socket, head) => live.upgrade(req, socket, head))
   await new Promise<void>((ok, fail) => {
     server.once('error', fail)
     server.listen(port, host, () => {
@@ -262,10 +267,13 @@ export async function createServer(options: ServerOptions = {}): Promise<Converg
   return {
     url,
     close: () => {
-      closed ??= new Promise<void>((ok) => {
-        server.close(() => ok())
-        server.closeAllConnections()
-      }).then(() => store.close())
+      closed ??= Promise.all([
+        new Promise<void>((ok) => {
+          server.close(() => ok())
+          server.closeAllConnections()
+        }),
+        live.close(),
+      ]).then(() => store.close())
       return closed
     },
   }
