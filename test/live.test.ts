@@ -171,6 +171,22 @@ describe('live sync', () => {
     expect(serverRows()).toEqual(rows(c))
   })
 
+  it('a local write folded by an incoming import before the poll saw it is still pushed', async () => {
+    const s = await start()
+    const url = `${s.url.replace('http:', 'ws:')}/db/shop`
+    const [a, b] = [replica('a'), replica('b')]
+    // a polls so rarely that only the push after an import can send its write in time.
+    const slow = connect(a, url, { pollMs: 60_000 }).session
+    const fast = connect(b, url).session
+    await waitFor(online(slow), 'a online')
+    await waitFor(online(fast), 'b online')
+    insert(a, 'a1', 'written on a')
+    insert(b, 'b1', 'written on b') // reaches a, whose import folds a1 into its metadata
+    await waitFor(() => rows(b).length === 2, 'a1 on b', 5000)
+    await waitFor(() => rows(a).length === 2, 'b1 on a', 5000)
+    expect(rows(b)).toEqual(rows(a))
+  })
+
   it('does not push when nothing changed', async () => {
     const { logger, lines } = capture()
     const s = await start({ logger })

@@ -250,6 +250,9 @@ class WsSession implements LiveSession {
       const result = this.#host.importChanges(bytes)
       if (this.#host.recall(this.#serverKey) !== header.sender) this.#host.remember(this.#serverKey, header.sender)
       this.#serverHas = mergeVectors(this.#serverHas, header.vector)
+      // The import folded any local writes not pushed yet; the poll would no longer see them
+      // in the change log, so push them now.
+      this.#push(false)
       // The server answered: this connection works, so the next failure starts a fresh backoff.
       this.#attempt = 0
       if (result.applied > 0 || result.conflicts > 0) {
