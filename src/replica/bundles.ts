@@ -24,6 +24,7 @@ import { DecodedPayload, type PayloadCodec } from '../wire/payload.js'
 import { keyColumns, PREFIX, rowsTable } from './metadata.js'
 import type { ImportResult, ProgressCallback } from './replica.js'
 import { quoteId } from './sql.js'
+import { cached } from './statements.js'
 import type { SyncedTable } from './synced-table.js'
 
 /** Synchronous file access for bundles; the Node entry point passes node:fs. */
@@ -288,10 +289,10 @@ export function importBundle(host: BundleHost, path: string, options: BundleImpo
  * writes nothing, so importing a payload twice still leaves the database as once.
  */
 export function recordPeer(db: SqliteDatabase, site: string, vector: VersionVector): void {
-  const old = db.prepare(`SELECT vector FROM ${PREFIX}peers WHERE site = ?`).get(site) as { vector: string } | undefined
+  const old = cached(db, `SELECT vector FROM ${PREFIX}peers WHERE site = ?`).get(site) as { vector: string } | undefined
   const merged = vectorJson(old ? mergeVectors(JSON.parse(old.vector) as VersionVector, vector) : vector)
   if (old?.vector === merged) return
-  db.prepare(`INSERT OR REPLACE INTO ${PREFIX}peers (site, vector, at) VALUES (?, ?, ?)`).run(site, merged, Date.now())
+  cached(db, `INSERT OR REPLACE INTO ${PREFIX}peers (site, vector, at) VALUES (?, ?, ?)`).run(site, merged, Date.now())
 }
 
 /** Every peer heard from, by site id. */

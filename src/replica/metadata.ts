@@ -9,6 +9,7 @@ import { isAlive } from '../core/merge.js'
 import type { SqliteDatabase, SqliteStatement } from '../driver/types.js'
 import { ByteReader, ByteWriter } from '../wire/bytes.js'
 import { quoteId } from './sql.js'
+import { cached } from './statements.js'
 
 /** Prefix of every table, index and trigger this library creates. */
 export const PREFIX = '_converge_'
@@ -89,7 +90,7 @@ export class SiteTable {
   reload(): void {
     this.#byIdx.length = 0
     this.#byHex.clear()
-    for (const row of this.#db.prepare(`SELECT idx, site FROM ${PREFIX}sites`).all() as {
+    for (const row of cached(this.#db, `SELECT idx, site FROM ${PREFIX}sites`).all() as {
       idx: number
       site: string
     }[]) {

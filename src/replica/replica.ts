@@ -28,6 +28,7 @@ import { foldTable } from './fold.js'
 import { keyColumns, logTable, METADATA_DDL, maskWords, PREFIX, perTableDdl, SiteTable } from './metadata.js'
 import { childrenFirst, readTableSchema } from './schema.js'
 import { NOW_MS_SQL, quoteId } from './sql.js'
+import { cached } from './statements.js'
 import { SyncedTable } from './synced-table.js'
 import { createTriggersSql, dropTriggersSql, OP_INSERT } from './triggers.js'
 
@@ -191,6 +192,8 @@ export interface Conflict {
 export type ProgressCallback = (rows: number) => void
 
 const SITE_RE = /^[0-9a-f]{32}$/
+/** Imports of at most this many rows keep the capture triggers (see importChanges). */
+const ECHO_GUARD_MAX_ROWS = 1000
 const DEFAULT_DRIFT_MS = 5 * 60 * 1000
 const DEFAULT_MAX_PAYLOAD = 1024 * 1024 * 1024
 
@@ -309,7 +312,7 @@ export class Replica {
     return this.#write(() => {
       this.#foldAll()
       const held = new Map<string, number>()
-      for (const r of this.db.prepare(`SELECT site, held FROM ${PREFIX}sites`).all() as {
+      for (const r of cached(this.db, `SELECT site, held FROM ${PREFIX}sites`).all() as {
         site: string
         held: number
       }[]) {
@@ -343,8 +346,12 @@ export class Replica {
       // Applied changes must not be captured as local writes: triggers come off for the
       // import. Tables that foreign-key actions (CASCADE, SET NULL/DEFAULT) may change keep
       // them, so the effects of a merge on them are captured; their own echoes are removed.
-      const fkOn = (this.db.prepare('PRAGMA foreign_keys').get() as { foreign_keys: number }).foreign_keys === 1
-      const guarded = [...this.#tables.values()].filter((t) => fkOn && t.schema.fkActions)
+      // Small payloads (live sync) keep every table's triggers and remove echoes instead:
+      // dropping and re-creating triggers changes the schema, which costs more than the
+      // import itself when it brings a handful of rows.
+      const small = header.rowCounts.reduce((a, b) => a + b, 0) <= ECHO_GUARD_MAX_ROWS
+      const fkOn = (cached(this.db, 'PRAGMA foreign_keys').get() as { foreign_keys: number }).foreign_keys === 1
+      const guarded = [...this.#tables.values()].filter((t) => small || (fkOn && t.schema.fkActions))
       for (const t of this.#tables.values()) {
         if (guarded.includes(t)) t.setEchoGuard(true)
         else this.db.exec(dropTriggersSql(t.id))
@@ -361,12 +368,12 @@ export class Replica {
       }
       this.#foldAll()
       this.#recordConflicts(result.conflicts)
-      const held = this.db.prepare(`UPDATE ${PREFIX}sites SET held = max(held, ?) WHERE idx = ?`)
+      const held = cached(this.db, `UPDATE ${PREFIX}sites SET held = max(held, ?) WHERE idx = ?`)
       for (const [site, hlc] of result.held) held.run(hlc, this.#sites.idx(site))
       // Adopt the sender's knowledge only if the payload answered a vector we had reached:
       // then it holds everything we lacked of what the sender had seen.
       if (result.skipped === 0 && dominates(known, header.since)) {
-        const seen = this.db.prepare(`UPDATE ${PREFIX}sites SET seen = max(seen, ?) WHERE idx = ?`)
+        const seen = cached(this.db, `UPDATE ${PREFIX}sites SET seen = max(seen, ?) WHERE idx = ?`)
         for (const [site, hlc] of Object.entries(header.vector)) {
           if (site !== this.siteId) seen.run(hlc, this.#sites.idx(site))
         }
@@ -455,11 +462,11 @@ export class Replica {
       versionVector: () => this.versionVector(),
       peers: () => this.peers(),
       recall: (k) =>
-        (this.db.prepare(`SELECT value FROM ${PREFIX}state WHERE key = ?`).get(key(k)) as { value: string } | undefined)
+        (cached(this.db, `SELECT value FROM ${PREFIX}state WHERE key = ?`).get(key(k)) as { value: string } | undefined)
           ?.value,
       remember: (k, v) => {
         this.#open()
-        this.db.prepare(`INSERT OR REPLACE INTO ${PREFIX}state (key, value) VALUES (?, ?)`).run(key(k), v)
+        cached(this.db, `INSERT OR REPLACE INTO ${PREFIX}state (key, value) VALUES (?, ?)`).run(key(k), v)
       },
     }
   }
@@ -565,7 +572,7 @@ export class Replica {
 
   #vector(): VersionVector {
     const out: VersionVector = {}
-    for (const r of this.db.prepare(`SELECT site, seen FROM ${PREFIX}sites WHERE seen > 0`).all() as {
+    for (const r of cached(this.db, `SELECT site, seen FROM ${PREFIX}sites WHERE seen > 0`).all() as {
       site: string
       seen: number
     }[]) {
@@ -584,14 +591,14 @@ export class Replica {
       folded += r.folded
     }
     if (folded > 0) {
-      this.db.prepare(`UPDATE ${PREFIX}sites SET seen = ?, held = ? WHERE idx = 0`).run(clock, clock)
+      cached(this.db, `UPDATE ${PREFIX}sites SET seen = ?, held = ? WHERE idx = 0`).run(clock, clock)
       this.#setClock(clock)
     }
   }
 
   #setClock(clock: number): void {
     if (clock === this.#clock) return
-    this.db.prepare(`UPDATE ${PREFIX}state SET value = ? WHERE key = 'clock'`).run(clock)
+    cached(this.db, `UPDATE ${PREFIX}state SET value = ? WHERE key = 'clock'`).run(clock)
     this.#clock = clock
   }
 
@@ -642,7 +649,7 @@ export class Replica {
   }
 
   #refresh(): void {
-    const row = this.db.prepare(`SELECT value FROM ${PREFIX}state WHERE key = 'clock'`).get() as { value: number }
+    const row = cached(this.db, `SELECT value FROM ${PREFIX}state WHERE key = 'clock'`).get() as { value: number }
     this.#clock = Number(row.value)
     this.#sites.reload()
     this.#loadTables()
@@ -650,7 +657,7 @@ export class Replica {
 
   /** Picks up synced tables registered by this or another connection and not known yet. */
   #loadTables(): void {
-    const rows = this.db.prepare(`SELECT id, name, hash FROM ${PREFIX}tables`).all() as {
+    const rows = cached(this.db, `SELECT id, name, hash FROM ${PREFIX}tables`).all() as {
       id: number
       name: string
       hash: Uint8Array

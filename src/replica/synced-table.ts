@@ -46,6 +46,9 @@ export class SyncedTable {
   #echoGuard = false
   readonly #inserts = new Map<string, SqliteStatement>()
   readonly #multi = new Map<string, SqliteStatement>()
+  #changed: SqliteStatement | undefined
+  /** Existence queries by number of keys (small imports repeat the same few sizes). */
+  readonly #lookups = new Map<number, SqliteStatement>()
   #freshRows: unknown[] = []
   #freshRowCount = 0
   #freshStates: unknown[] = []
@@ -177,11 +180,15 @@ export class SyncedTable {
       const part = pks.slice(i, i + KEY_LOOKUP_BATCH)
       const list = k === 1 ? part.map(() => tuple).join(', ') : `VALUES ${part.map(() => tuple).join(', ')}`
       const lhs = k === 1 ? keys[0] : `(${keys.join(', ')})`
-      const rows = this.#db
-        .prepare(`SELECT ${keys.join(', ')} FROM ${rowsTable(this.id)} WHERE ${lhs} IN (${list})`)
-        .raw()
-        .safeIntegers()
-        .all(...part.flat()) as SqlValue[][]
+      let stmt = this.#lookups.get(part.length)
+      if (!stmt) {
+        stmt = this.#db
+          .prepare(`SELECT ${keys.join(', ')} FROM ${rowsTable(this.id)} WHERE ${lhs} IN (${list})`)
+          .raw()
+          .safeIntegers()
+        this.#lookups.set(part.length, stmt)
+      }
+      const rows = stmt.all(...part.flat()) as SqlValue[][]
       for (const row of rows) found.add(keyString(row))
     }
     return found
@@ -347,10 +354,11 @@ export class SyncedTable {
     const sql = `SELECT ${[...keys.map((k) => `r.${k}`), ...meta, 'r.v', ...values].join(', ')}
       FROM ${rowsTable(this.id)} r LEFT JOIN ${quoteId(this.name)} t ON ${on}
       WHERE r.clh + r.md > ? AND r.cl % 2 = ?`
-    return this.#db
-      .prepare(sql)
-      .raw()
-      .safeIntegers()
-      .iterate(minHlc, alive ? 1 : 0) as IterableIterator<unknown[]>
+    let stmt = this.#changed
+    if (!stmt) {
+      stmt = this.#db.prepare(sql).raw().safeIntegers()
+      this.#changed = stmt
+    }
+    return stmt.iterate(minHlc, alive ? 1 : 0) as IterableIterator<unknown[]>
   }
 }

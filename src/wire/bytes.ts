@@ -6,31 +6,26 @@ const decoder = new TextDecoder('utf-8', { fatal: true })
 
 /** Growth that leaves room for a large payload: resizable buffers grow in place. */
 const canResize = typeof (ArrayBuffer.prototype as { resize?: unknown }).resize === 'function'
+/** Writers with a `maxBytes` switch to a resizable buffer past this size. */
+const RESIZABLE_FROM = 1024 * 1024
 
 /**
- * Appends bytes, varints and floats to a buffer. With `maxBytes`, the buffer is a resizable
- * ArrayBuffer that grows in place (no copy, so no second buffer of the same size), where
- * the runtime supports it; otherwise it doubles.
+ * Appends bytes, varints and floats to a buffer that doubles as it grows. With `maxBytes`,
+ * a writer that passes a megabyte moves into a resizable ArrayBuffer that then grows in
+ * place (no copy, so a large payload never exists twice), where the runtime supports it.
  */
 export class ByteWriter {
   #buf: Uint8Array
   #view: DataView
   #len = 0
-  readonly #resizable: ArrayBuffer | null
+  /** Largest size, when the writer may switch to a resizable buffer. */
+  readonly #maxBytes: number | undefined
+  #resizable: ArrayBuffer | null = null
 
   constructor(initial = 1024, maxBytes?: number) {
-    if (maxBytes !== undefined && canResize) {
-      this.#resizable = new (ArrayBuffer as unknown as new (n: number, o: { maxByteLength: number }) => ArrayBuffer)(
-        initial,
-        { maxByteLength: maxBytes },
-      )
-      this.#buf = new Uint8Array(this.#resizable)
-      this.#view = new DataView(this.#resizable)
-    } else {
-      this.#resizable = null
-      this.#buf = new Uint8Array(initial)
-      this.#view = new DataView(this.#buf.buffer)
-    }
+    this.#maxBytes = maxBytes !== undefined && canResize ? maxBytes : undefined
+    this.#buf = new Uint8Array(initial)
+    this.#view = new DataView(this.#buf.buffer)
   }
 
   /** Bytes written so far. */
@@ -42,11 +37,23 @@ export class ByteWriter {
   reserve(n: number): void {
     const need = this.#len + n
     if (need <= this.#buf.length) return
-    if (this.#resizable) {
-      const max = (this.#resizable as { maxByteLength?: number }).maxByteLength as number
+    const max = this.#maxBytes
+    if (max !== undefined && (this.#resizable !== null || need > RESIZABLE_FROM)) {
       if (need > max) throw new RangeError(`output exceeds ${max} bytes`)
       const size = Math.min(max, Math.max(need, Math.ceil(this.#buf.length * 1.5)))
-      ;(this.#resizable as unknown as { resize(n: number): void }).resize(size)
+      if (this.#resizable === null) {
+        // Past a megabyte, move once into a buffer that grows in place from then on.
+        const ab = new (ArrayBuffer as unknown as new (n: number, o: { maxByteLength: number }) => ArrayBuffer)(size, {
+          maxByteLength: max,
+        })
+        const next = new Uint8Array(ab)
+        next.set(this.#buf.subarray(0, this.#len))
+        this.#resizable = ab
+        this.#buf = next
+        this.#view = new DataView(ab)
+      } else {
+        ;(this.#resizable as unknown as { resize(n: number): void }).resize(size)
+      }
       return
     }
     let size = this.#buf.length * 2

@@ -110,7 +110,7 @@ export class PayloadEncoder {
   readonly #tables: WireTable[]
   readonly #rowCounts: number[]
   /** The payload under construction: header space, then chunks as they are added. */
-  readonly #out = new ByteWriter(HEADER_RESERVE + 64 * 1024, MAX_ENCODED_BYTES)
+  readonly #out = new ByteWriter(HEADER_RESERVE + 16 * 1024, MAX_ENCODED_BYTES)
   #chunkCount = 0
   readonly #codec: PayloadCodec
 
