@@ -187,6 +187,21 @@ describe('live sync', () => {
     expect(rows(b)).toEqual(rows(a))
   })
 
+  it('metrics and the status page count live clients per database', async () => {
+    const s = await start()
+    const url = `${s.url.replace('http:', 'ws:')}/db/shop`
+    const [a, b] = [replica('a'), replica('b')]
+    const live = [a, b].map((r) => connect(r, url).session)
+    for (const x of live) await waitFor(online(x), 'online')
+    const metrics = await (await fetch(`${s.url}/metrics`)).text()
+    expect(metrics).toContain('converge_connected_clients{db="shop"} 2')
+    const page = await (await fetch(`${s.url}/`)).text()
+    expect(page).toContain('2 live clients')
+    await live[0]?.close()
+    await new Promise((r) => setTimeout(r, 100))
+    expect(await (await fetch(`${s.url}/metrics`)).text()).toContain('converge_connected_clients{db="shop"} 1')
+  })
+
   it('does not push when nothing changed', async () => {
     const { logger, lines } = capture()
     const s = await start({ logger })

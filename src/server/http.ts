@@ -209,7 +209,7 @@ export async function createServer(options: ServerOptions = {}): Promise<Converg
       if (req.method !== 'GET' && req.method !== 'HEAD') throw new HttpError('METHOD_NOT_ALLOWED', 'only GET here')
       if (path === '/health') return sendJson(res, 200, { status: 'ok' })
       if (path === '/metrics') {
-        const text = metrics.render()
+        const text = metrics.render(live.connectionsByDatabase())
         res.writeHead(200, { 'content-type': 'text/plain; version=0.0.4; charset=utf-8' })
         return void res.end(text)
       }
@@ -218,7 +218,7 @@ export async function createServer(options: ServerOptions = {}): Promise<Converg
         const listed = await Promise.all(
           names.map(async (n) => ({ name: n, tables: await (await store.open(n)).tables() })),
         )
-        const html = statusPage(listed, metrics.recent, version)
+        const html = statusPage(listed, metrics.recent, version, live.connectionsByDatabase())
         res.writeHead(200, {
           'content-type': 'text/html; charset=utf-8',
           'content-security-policy': "default-src 'none'; style-src 'unsafe-inline'",

@@ -48,7 +48,7 @@ export class Metrics {
   }
 
   /** The Prometheus text exposition format (version 0.0.4). */
-  render(): string {
+  render(connected: ReadonlyMap<string, number> = new Map()): string {
     const out: string[] = []
     const counter = (name: string, help: string, rows: [string, number][]) => {
       out.push(`# HELP ${name} ${help}`, `# TYPE ${name} counter`)
@@ -65,6 +65,9 @@ export class Metrics {
       [...this.#errors].map(([code, v]) => [`code=${label(code)}`, v]),
     )
     out.push(
+      '# HELP converge_connected_clients Live (WebSocket) clients by database.',
+      '# TYPE converge_connected_clients gauge',
+      ...[...connected].map(([db, n]) => `converge_connected_clients{db=${label(db)}} ${n}`),
       '# HELP converge_apply_seconds Time to merge a client payload and export the answer.',
       '# TYPE converge_apply_seconds histogram',
     )

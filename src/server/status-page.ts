@@ -1,4 +1,4 @@
-/** The HTML status page at `/`: databases and recent sync activity, every value escaped. */
+/** The HTML status page at `/`: databases, live clients and recent sync activity, every value escaped. */
 import type { SyncActivity } from './metrics.js'
 
 export function escapeHtml(s: string): string {
@@ -14,10 +14,15 @@ export function statusPage(
   databases: readonly { name: string; tables: readonly string[] }[],
   recent: readonly SyncActivity[],
   version: string,
+  connected: ReadonlyMap<string, number> = new Map(),
 ): string {
   const e = escapeHtml
   const dbRows = databases
-    .map((d) => `<li><b>${e(d.name)}</b>: ${d.tables.length ? d.tables.map(e).join(', ') : 'no tables yet'}</li>`)
+    .map(
+      (d) =>
+        `<li><b>${e(d.name)}</b>: ${d.tables.length ? d.tables.map(e).join(', ') : 'no tables yet'}; ` +
+        `${connected.get(d.name) ?? 0} live clients</li>`,
+    )
     .join('\n')
   const activity = [...recent]
     .reverse()

@@ -65,7 +65,14 @@ export class LiveHub {
     this.#wss = new WebSocketServer({ noServer: true, maxPayload: options.maxPayloadBytes })
   }
 
-  /** Live clients per database (for tests and metrics). */
+  /** Live clients of each database that has any. */
+  connectionsByDatabase(): Map<string, number> {
+    const out = new Map<string, number>()
+    for (const [db, set] of this.#clients) if (set.size > 0) out.set(db, set.size)
+    return out
+  }
+
+  /** Live clients in all (for tests and metrics). */
   get connections(): number {
     let n = 0
     for (const set of this.#clients.values()) n += set.size
