@@ -91,7 +91,9 @@ async function main() {
   const drainEnd = Date.now() + DRAIN_MS
   while (latencies.length < expected && Date.now() < drainEnd) await new Promise((r) => setTimeout(r, 200))
   const digests = new Set(clients.map((c) => digest(c.replica)))
-  for (const c of clients) await c.session.close()
+  log('closing sessions...')
+  const closing = Promise.all(clients.map((c) => c.session.close()))
+  await Promise.race([closing, new Promise((r) => setTimeout(r, 10_000))])
   const server = await stopServer(child)
   latencies.sort((a, b) => a - b)
   const result = {
