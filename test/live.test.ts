@@ -4,7 +4,6 @@ import { mkdtempSync, rmSync } from 'node:fs'
 import { createServer as createTcpServer, type Server, Socket } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { Writable } from 'node:stream'
 import Database from 'better-sqlite3'
 import { pino } from 'pino'
 import { type LiveSession, type LiveStatus, openReplica, type Replica } from 'sqlite-converge'
@@ -12,6 +11,7 @@ import { type ConvergeServer, createServer, type ServerOptions } from 'sqlite-co
 import { afterEach, beforeEach, describe, expect, it } from 'vitest'
 import { WebSocket } from 'ws'
 import { dbHash } from './helpers/db-hash.js'
+import { capture } from './helpers/logs.js'
 
 const BIN = join(import.meta.dirname, '..', 'dist', 'cli', 'main.js')
 const TODOS = 'CREATE TABLE todos (id TEXT PRIMARY KEY, title TEXT, done INTEGER)'
@@ -39,18 +39,6 @@ afterEach(async () => {
   for (const r of replicas) r.close()
   rmSync(dir, { recursive: true, force: true })
 })
-
-/** A logger that keeps every line. */
-function capture(): { logger: ReturnType<typeof pino>; lines: Record<string, unknown>[] } {
-  const lines: Record<string, unknown>[] = []
-  const stream = new Writable({
-    write(chunk, _enc, done) {
-      for (const l of String(chunk).split('\n').filter(Boolean)) lines.push(JSON.parse(l))
-      done()
-    },
-  })
-  return { logger: pino({ level: 'debug' }, stream), lines }
-}
 
 async function start(options: ServerOptions = {}): Promise<ConvergeServer> {
   const s = await createServer({ port: 0, data: join(dir, 'data'), logger: pino({ level: 'silent' }), ...options })

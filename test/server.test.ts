@@ -5,7 +5,6 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { request } from 'node:http'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { Writable } from 'node:stream'
 import Database from 'better-sqlite3'
 import { SignJWT } from 'jose'
 import { pino } from 'pino'
@@ -13,6 +12,7 @@ import { ConvergeError, openReplica, type Replica } from 'sqlite-converge'
 import { type ConvergeServer, createServer, type ServerOptions } from 'sqlite-converge/server'
 import { afterEach, beforeEach, describe, expect, it } from 'vitest'
 import { dbHash } from './helpers/db-hash.js'
+import { capture } from './helpers/logs.js'
 
 const BIN = join(import.meta.dirname, '..', 'dist', 'cli', 'main.js')
 const TODOS = 'CREATE TABLE todos (id TEXT PRIMARY KEY, title TEXT, done INTEGER)'
@@ -33,18 +33,6 @@ afterEach(async () => {
   for (const r of replicas) r.close()
   rmSync(dir, { recursive: true, force: true })
 })
-
-/** A logger that keeps every line. */
-function capture(): { logger: ReturnType<typeof pino>; lines: Record<string, unknown>[] } {
-  const lines: Record<string, unknown>[] = []
-  const stream = new Writable({
-    write(chunk, _enc, done) {
-      for (const l of String(chunk).split('\n').filter(Boolean)) lines.push(JSON.parse(l))
-      done()
-    },
-  })
-  return { logger: pino({ level: 'debug' }, stream), lines }
-}
 
 const silent = pino({ level: 'silent' })
 
