@@ -5,6 +5,7 @@ import { createServer as createTcpServer, type Server, Socket } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import Database from 'better-sqlite3'
+import { SignJWT } from 'jose'
 import { pino } from 'pino'
 import { type LiveSession, type LiveStatus, openReplica, type Replica } from 'sqlite-converge'
 import { type ConvergeServer, createServer, type ServerOptions } from 'sqlite-converge/server'
@@ -385,6 +386,21 @@ describe('bad input over WebSockets', () => {
     const viaQuery = await rawSocket(`${url}?token=shop-key`)
     viaQuery.close()
     expect(serverHash()).toBe(before)
+  })
+
+  it('a live connection ends when the JWT that opened it expires', async () => {
+    const secret = 'a-test-secret-of-at-least-32-characters!'
+    const s = await start({ config: { databases: { shop: { jwt: { hs256Secret: secret } } } } })
+    const token = await new SignJWT({ sub: 'ann' })
+      .setProtectedHeader({ alg: 'HS256' })
+      .setAudience('shop')
+      .setExpirationTime(Math.floor(Date.now() / 1000) + 2)
+      .sign(new TextEncoder().encode(secret))
+    const a = replica('a')
+    const { session, statuses } = connect(a, `${s.url.replace('http:', 'ws:')}/db/shop`, { token })
+    await waitFor(online(session), 'online')
+    await waitFor(() => statuses.some((st) => st.error?.code === 'UNAUTHORIZED'), 'UNAUTHORIZED after expiry', 5000)
+    expect(statuses.find((st) => st.error?.code === 'UNAUTHORIZED')?.state).toBe('offline')
   })
 
   it('an oversized frame closes the connection with 1009 and changes nothing', async () => {

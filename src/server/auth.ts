@@ -12,6 +12,8 @@ export interface Principal {
   readonly user: string | null
   /** A stable key for rate limiting: a hash of the credential, or null when anonymous. */
   readonly key: string | null
+  /** When the credential stops being valid (ms since epoch): a JWT's `exp`; null for keys. */
+  readonly expiresAt?: number | null
 }
 
 interface DatabaseKeys {
@@ -59,8 +61,14 @@ export class Authenticator {
     if (matched) return { kind: 'api-key', user: null, key: digest.toString('hex') }
     if (token.split('.').length === 3) {
       const payload = await verifyJwt(db, token, keys)
-      if (payload)
-        return { kind: 'jwt', user: typeof payload.sub === 'string' ? payload.sub : null, key: digest.toString('hex') }
+      if (payload) {
+        return {
+          kind: 'jwt',
+          user: typeof payload.sub === 'string' ? payload.sub : null,
+          key: digest.toString('hex'),
+          expiresAt: typeof payload.exp === 'number' ? payload.exp * 1000 : null,
+        }
+      }
     }
     throw unauthorized('invalid or expired credentials for this database')
   }

@@ -146,7 +146,17 @@ export class LiveHub {
       this.#enqueue(client, () => this.#frame(client, bytes))
     })
     ws.on('error', (err) => this.#o.log.debug({ db, err: err.message }, 'live client error'))
+    // A live connection lives no longer than the token that opened it: when a JWT expires,
+    // the client must reconnect with a fresh one (close code 1008, policy violation).
+    const expiry =
+      principal.expiresAt != null
+        ? setTimeout(
+            () => ws.close(1008, 'credentials expired'),
+            Math.max(0, Math.min(principal.expiresAt - Date.now(), 2 ** 31 - 1)),
+          )
+        : undefined
     ws.on('close', (code) => {
+      if (expiry) clearTimeout(expiry)
       set.delete(client)
       if (set.size === 0 && this.#clients.get(db) === set) this.#clients.delete(db)
       this.#o.log.info({ db, client: client.site, code }, 'live client disconnected')
