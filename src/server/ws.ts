@@ -41,6 +41,8 @@ interface Client {
   ready: boolean
   /** Frames and forwards of one client run one after another. */
   queue: Promise<void>
+  /** A forward is queued and has not started: later imports ride on it. */
+  forwardQueued: boolean
   site: string | undefined
 }
 
@@ -132,7 +134,16 @@ export class LiveHub {
 
   #connected(ws: WebSocket, db: string, principal: Principal): void {
     if (this.#closed) return void ws.terminate()
-    const client: Client = { ws, db, principal, vector: {}, ready: false, queue: Promise.resolve(), site: undefined }
+    const client: Client = {
+      ws,
+      db,
+      principal,
+      vector: {},
+      ready: false,
+      queue: Promise.resolve(),
+      forwardQueued: false,
+      site: undefined,
+    }
     let set = this.#clients.get(db)
     if (!set) {
       set = new Set()
@@ -229,13 +240,19 @@ export class LiveHub {
 
   /**
    * After a successful import into `db` (from a POST or a live client): sends every other
-   * ready live client of `db` what it lacks, if anything.
+   * ready live client of `db` what it lacks, if anything; a client with a forward already
+   * queued gets this import in that one.
    */
   notify(db: string, applied: AppliedPayload, except?: unknown): void {
     if (this.#closed) return
     for (const other of this.#clients.get(db) ?? []) {
       if (other === except || !other.ready || dominates(other.vector, applied.vector)) continue
+      // One queued forward exports everything the client lacks when it runs, so imports
+      // that arrive meanwhile are coalesced into it instead of costing an export each.
+      if (other.forwardQueued) continue
+      other.forwardQueued = true
       this.#enqueue(other, async () => {
+        other.forwardQueued = false
         if (this.#closed || other.ws.readyState !== other.ws.OPEN) return
         const out = await (await this.#o.store.open(db)).exportFor(other.vector)
         if (out.rows > 0) this.#send(other, out, false)
