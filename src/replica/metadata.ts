@@ -86,6 +86,12 @@ export class SiteTable {
     this.reload()
   }
 
+  /** Re-reads the table if another connection added sites (cheap when none did). */
+  refresh(): void {
+    const n = (cached(this.#db, `SELECT count(*) AS n FROM ${PREFIX}sites`).get() as { n: number }).n
+    if (n !== this.#byIdx.length) this.reload()
+  }
+
   /** Re-reads the table (after a rollback, numbers handed out may be gone). */
   reload(): void {
     this.#byIdx.length = 0

@@ -150,6 +150,10 @@ export interface LiveHost extends SyncHost {
   dataVersion(): number
   /** True while the app holds a transaction open on the replica's connection. */
   inTransaction(): boolean
+  /** Local writes folded so far by this object: moves when an import folded writes the poll had not seen. */
+  localWrites(): number
+  /** Sender, vector and rows per table of a payload, read with the replica's (fast) codec. */
+  payloadHeader(payload: Uint8Array): { sender: string; vector: VersionVector; rows: Record<string, number> }
 }
 
 /** Opens a live session with a server (src/sync/ws-session.ts). */
@@ -213,6 +217,8 @@ export class Replica {
   readonly #sites: SiteTable
   readonly #tables = new Map<string, SyncedTable>()
   #clock: number
+  /** Local log rows folded by this object (see LiveHost.localWrites). */
+  #localWrites = 0
 
   constructor(db: SqliteDatabase, options: ReplicaOptions = {}) {
     if (options.siteId !== undefined && !SITE_RE.test(options.siteId)) {
@@ -436,6 +442,16 @@ export class Replica {
           return Number((dataVersion.get() as { data_version: number }).data_version)
         },
         inTransaction: () => this.db.inTransaction,
+        localWrites: () => this.#localWrites,
+        payloadHeader: (payload) => {
+          const h = DecodedPayload.open(payload, Number.MAX_SAFE_INTEGER, this.#options.codec).header
+          const rows: Record<string, number> = {}
+          h.tables.forEach((t, i) => {
+            const n = h.rowCounts[i] ?? 0
+            if (n > 0) rows[t.name] = n
+          })
+          return { sender: h.sender, vector: h.vector, rows }
+        },
       },
       url,
       options,
@@ -591,6 +607,7 @@ export class Replica {
       folded += r.folded
     }
     if (folded > 0) {
+      this.#localWrites += folded
       cached(this.db, `UPDATE ${PREFIX}sites SET seen = ?, held = ? WHERE idx = 0`).run(clock, clock)
       this.#setClock(clock)
     }
@@ -643,6 +660,7 @@ export class Replica {
       if (nested) this.db.exec('ROLLBACK TO converge_write; RELEASE converge_write')
       else if (this.db.inTransaction) this.db.exec('ROLLBACK')
       for (const t of this.#tables.values()) t.discardPending()
+      this.#sites.reload()
       this.#refresh()
       throw translateSqliteError(err)
     }
@@ -651,7 +669,7 @@ export class Replica {
   #refresh(): void {
     const row = cached(this.db, `SELECT value FROM ${PREFIX}state WHERE key = 'clock'`).get() as { value: number }
     this.#clock = Number(row.value)
-    this.#sites.reload()
+    this.#sites.refresh()
     this.#loadTables()
   }
 

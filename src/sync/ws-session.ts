@@ -16,7 +16,6 @@ import type {
   LiveStatus,
   LiveTransport,
 } from '../replica/replica.js'
-import { DecodedPayload } from '../wire/payload.js'
 import { syncUrl } from './http-sync.js'
 
 /** The part of the standard WebSocket API a session uses (browsers, Deno, Node's global, `ws`). */
@@ -112,6 +111,8 @@ class WsSession implements LiveSession {
   #attempt = 0
   #retry: ReturnType<typeof setTimeout> | undefined
   #poll: ReturnType<typeof setInterval> | undefined
+  /** The host's local write count at the last push. */
+  #pushedWrites = -1
   /** What the server holds as far as this connection knows: its announced vectors and what we sent. */
   #serverHas: VersionVector = {}
   #dataVersion = -1
@@ -228,7 +229,8 @@ class WsSession implements LiveSession {
     if (!always && dominates(this.#serverHas, this.#host.versionVector())) return
     // A plain copy: exports live in a resizable ArrayBuffer, which some sockets refuse.
     const payload = new Uint8Array(this.#host.exportChanges(this.#serverHas))
-    const { header } = DecodedPayload.open(payload, Number.MAX_SAFE_INTEGER)
+    const header = this.#host.payloadHeader(payload)
+    this.#pushedWrites = this.#host.localWrites()
     socket.send(payload)
     this.#serverHas = mergeVectors(this.#serverHas, header.vector)
   }
@@ -246,24 +248,19 @@ class WsSession implements LiveSession {
           : undefined
     if (!bytes) return
     try {
-      const { header } = DecodedPayload.open(bytes, Number.MAX_SAFE_INTEGER)
       const result = this.#host.importChanges(bytes)
+      const header = this.#host.payloadHeader(bytes)
       if (this.#host.recall(this.#serverKey) !== header.sender) this.#host.remember(this.#serverKey, header.sender)
       this.#serverHas = mergeVectors(this.#serverHas, header.vector)
       // The import folded any local writes not pushed yet; the poll would no longer see them
       // in the change log, so push them now.
-      this.#push(false)
+      if (this.#host.localWrites() !== this.#pushedWrites) this.#push(false)
       // The server answered: this connection works, so the next failure starts a fresh backoff.
       this.#attempt = 0
       if (result.applied > 0 || result.conflicts > 0) {
-        const rows: Record<string, number> = {}
-        header.tables.forEach((t, i) => {
-          const n = header.rowCounts[i] ?? 0
-          if (n > 0) rows[t.name] = n
-        })
         const change: LiveChange = {
-          tables: Object.keys(rows),
-          rows,
+          tables: Object.keys(header.rows),
+          rows: header.rows,
           applied: result.applied,
           conflicts: result.conflicts,
         }
