@@ -11,7 +11,7 @@ import { join } from 'node:path'
 import Database from 'better-sqlite3'
 import { openReplica, type Replica } from 'sqlite-converge'
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest'
-import { dbHash, serializeValue } from './helpers/db-hash.js'
+import { dbHash, tableRows } from './helpers/db-hash.js'
 import { sync } from './helpers/replicas.js'
 
 /** The replica's connection with its better-sqlite3 type (the API types it structurally). */
@@ -56,12 +56,7 @@ function memReplica(ddl: string, ...tables: string[]): Replica {
 }
 
 function rows(r: Replica, table = 'todos'): string[] {
-  const db = r.db as Database.Database
-  const cols = db.prepare('SELECT name FROM pragma_table_info(?)').pluck().all(table) as string[]
-  const select = cols.flatMap((c) => [`typeof("${c}")`, `"${c}"`]).join(', ')
-  return (db.prepare(`SELECT ${select} FROM "${table}"`).raw().safeIntegers().all() as unknown[][])
-    .map((row) => row.map(serializeValue).join('|'))
-    .sort()
+  return tableRows(r.db as Database.Database, table)
 }
 
 function logCount(r: Replica, table = 'todos'): number {

@@ -9,7 +9,7 @@ import { join } from 'node:path'
 import Database from 'better-sqlite3'
 import { ConvergeError, openReplica, type Replica } from 'sqlite-converge'
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest'
-import { dbHash, serializeValue } from './helpers/db-hash.js'
+import { dbHash, tableRows } from './helpers/db-hash.js'
 import { codeOf, prng, sync } from './helpers/replicas.js'
 
 /** The replica's connection with its better-sqlite3 type (the API types it structurally). */
@@ -48,12 +48,7 @@ function syncBoth(a: Replica, b: Replica): void {
 }
 
 function rows(r: Replica, table = 'todos'): string[] {
-  const db = r.db as Database.Database
-  const cols = db.prepare('SELECT name FROM pragma_table_info(?)').pluck().all(table) as string[]
-  const select = cols.flatMap((c) => [`typeof("${c}")`, `"${c}"`]).join(', ')
-  return (db.prepare(`SELECT ${select} FROM "${table}"`).raw().safeIntegers().all() as unknown[][])
-    .map((row) => row.map(serializeValue).join('|'))
-    .sort()
+  return tableRows(r.db as Database.Database, table)
 }
 
 function expectConverged(replicas: Replica[], tables = ['todos']): void {

@@ -11,7 +11,7 @@ import { type LiveSession, type LiveStatus, openReplica, type Replica } from 'sq
 import { type ConvergeServer, createServer, type ServerOptions } from 'sqlite-converge/server'
 import { afterEach, beforeEach, describe, expect, it } from 'vitest'
 import { WebSocket } from 'ws'
-import { dbHash } from './helpers/db-hash.js'
+import { fileHash } from './helpers/db-hash.js'
 import { capture } from './helpers/logs.js'
 
 const BIN = join(import.meta.dirname, '..', 'dist', 'cli', 'main.js')
@@ -90,12 +90,7 @@ const online = (s: LiveSession) => () => s.status.state === 'online'
 
 /** Digest of the server's database file, read-only. */
 function serverHash(name = 'shop'): string {
-  const db = new Database(join(dir, 'data', `${name}.db`), { readonly: true })
-  try {
-    return dbHash(db)
-  } finally {
-    db.close()
-  }
+  return fileHash(join(dir, 'data', `${name}.db`))
 }
 
 function serverRows(name = 'shop'): unknown[] {

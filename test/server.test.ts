@@ -5,13 +5,12 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { request } from 'node:http'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import Database from 'better-sqlite3'
 import { SignJWT } from 'jose'
 import { pino } from 'pino'
 import { ConvergeError, openReplica, type Replica } from 'sqlite-converge'
 import { type ConvergeServer, createServer, type ServerOptions } from 'sqlite-converge/server'
 import { afterEach, beforeEach, describe, expect, it } from 'vitest'
-import { dbHash } from './helpers/db-hash.js'
+import { fileHash } from './helpers/db-hash.js'
 import { capture } from './helpers/logs.js'
 
 const BIN = join(import.meta.dirname, '..', 'dist', 'cli', 'main.js')
@@ -56,12 +55,7 @@ function rows(r: Replica): unknown[] {
 
 /** Digest of the server's database file, read-only. */
 function serverHash(name = 'shop'): string {
-  const db = new Database(join(dir, 'data', `${name}.db`), { readonly: true })
-  try {
-    return dbHash(db)
-  } finally {
-    db.close()
-  }
+  return fileHash(join(dir, 'data', `${name}.db`))
 }
 
 async function post(url: string, body: Uint8Array | string, headers: Record<string, string> = {}) {

@@ -8,7 +8,7 @@
  * hash their rowid. PRAGMA user_version and application_id are included.
  */
 import { createHash } from 'node:crypto'
-import type Database from 'better-sqlite3'
+import Database from 'better-sqlite3'
 
 /** The part of a better-sqlite3 connection the helper uses. */
 type Db = Pick<Database.Database, 'prepare'>
@@ -82,4 +82,23 @@ export function diffContents(a: Map<string, string>, b: Map<string, string>): st
 
 function sha(s: string): string {
   return createHash('sha256').update(s).digest('hex')
+}
+
+/** The rows of one table, each value serialized with its storage class, sorted. */
+export function tableRows(db: Db, table: string): string[] {
+  const cols = db.prepare('SELECT name FROM pragma_table_info(?)').pluck().all(table) as string[]
+  const select = cols.flatMap((c) => [`typeof("${c}")`, `"${c}"`]).join(', ')
+  return (db.prepare(`SELECT ${select} FROM "${table}"`).raw().safeIntegers().all() as unknown[][])
+    .map((row) => row.map(serializeValue).join('|'))
+    .sort()
+}
+
+/** {@link dbHash} of a database file, opened read-only for the purpose. */
+export function fileHash(path: string): string {
+  const db = new Database(path, { readonly: true })
+  try {
+    return dbHash(db)
+  } finally {
+    db.close()
+  }
 }
