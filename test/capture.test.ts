@@ -11,7 +11,7 @@ import { join } from 'node:path'
 import Database from 'better-sqlite3'
 import { openReplica, type Replica } from 'sqlite-converge'
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest'
-import { dbHash, tableRows } from './helpers/db-hash.js'
+import { columnRows, dbHash } from './helpers/db-hash.js'
 import { sync } from './helpers/replicas.js'
 
 /** The replica's connection with its better-sqlite3 type (the API types it structurally). */
@@ -56,7 +56,7 @@ function memReplica(ddl: string, ...tables: string[]): Replica {
 }
 
 function rows(r: Replica, table = 'todos'): string[] {
-  return tableRows(r.db as Database.Database, table)
+  return columnRows(r.db as Database.Database, table)
 }
 
 function logCount(r: Replica, table = 'todos'): number {

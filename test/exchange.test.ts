@@ -9,7 +9,7 @@ import { join } from 'node:path'
 import Database from 'better-sqlite3'
 import { ConvergeError, openReplica, type Replica } from 'sqlite-converge'
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest'
-import { dbHash, tableRows } from './helpers/db-hash.js'
+import { columnRows, dbHash } from './helpers/db-hash.js'
 import { codeOf, prng, sync } from './helpers/replicas.js'
 
 /** The replica's connection with its better-sqlite3 type (the API types it structurally). */
@@ -48,7 +48,7 @@ function syncBoth(a: Replica, b: Replica): void {
 }
 
 function rows(r: Replica, table = 'todos'): string[] {
-  return tableRows(r.db as Database.Database, table)
+  return columnRows(r.db as Database.Database, table)
 }
 
 function expectConverged(replicas: Replica[], tables = ['todos']): void {

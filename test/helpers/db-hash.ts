@@ -84,8 +84,11 @@ function sha(s: string): string {
   return createHash('sha256').update(s).digest('hex')
 }
 
-/** The rows of one table, each value serialized with its storage class, sorted. */
-export function tableRows(db: Db, table: string): string[] {
+/**
+ * The rows of one table by its declared columns (no rowid, which differs between
+ * replicas), each value with its storage class, sorted: for comparing replicas.
+ */
+export function columnRows(db: Db, table: string): string[] {
   const cols = db.prepare('SELECT name FROM pragma_table_info(?)').pluck().all(table) as string[]
   const select = cols.flatMap((c) => [`typeof("${c}")`, `"${c}"`]).join(', ')
   return (db.prepare(`SELECT ${select} FROM "${table}"`).raw().safeIntegers().all() as unknown[][])
