@@ -7,6 +7,7 @@ export type ConvergeErrorCode =
   | 'NOT_SYNCED'
   | 'BAD_PAYLOAD'
   | 'SCHEMA_MISMATCH'
+  | 'SCHEMA_CHANGE_UNSUPPORTED'
   | 'CLOCK_DRIFT'
   | 'CONSTRAINT'
   | 'NO_SUCH_CONFLICT'

@@ -4,6 +4,8 @@
  * of a later life replaces an earlier one with all its cells; within a life each cell
  * takes the later write, ties broken by site id.
  */
+import { type CounterPart, joinParts, newestPart } from './algorithms.js'
+import { covers, type VersionVector } from './version-vector.js'
 
 /** Who wrote a cell version, and when. */
 export interface Stamp {
@@ -19,6 +21,17 @@ export interface Stamp {
 export interface CellStamp extends Stamp {
   /** The version from another site this write replaced, or null for a first write. */
   readonly prev: Stamp | null
+  /**
+   * Counter cells only: one part per site (sorted by site); the stamp is the newest part's
+   * and `prev` is null. See algorithms.ts.
+   */
+  readonly parts?: readonly CounterPart[]
+}
+
+/** A counter cell of row life `cl` holding `parts` (non-empty, sorted by site). */
+export function counterCell(cl: number, parts: readonly CounterPart[]): CellStamp {
+  const top = newestPart(parts)
+  return { cl, hlc: top.hlc, site: top.site, prev: null, parts }
 }
 
 /** Orders stamps: negative when `a` loses to `b`, zero when equal, positive when `a` wins. */
@@ -26,6 +39,12 @@ export function compareStamps(a: Stamp, b: Stamp): number {
   if (a.cl !== b.cl) return a.cl - b.cl
   if (a.hlc !== b.hlc) return a.hlc - b.hlc
   return a.site < b.site ? -1 : a.site > b.site ? 1 : 0
+}
+
+/** True when `vector` covers every version a cell carries (for a counter: every part). */
+export function cellCovered(vector: VersionVector, cell: CellStamp): boolean {
+  if (cell.parts) return cell.parts.every((p) => covers(vector, p.site, p.hlc))
+  return covers(vector, cell.site, cell.hlc)
 }
 
 /** True when a row of this causal length exists. */
@@ -76,6 +95,41 @@ export interface RowState {
    * delete overrode a concurrent write, which the conflict log keeps.
    */
   readonly seen?: Stamp
+  /**
+   * 'delete-wins' tables only. On a deleted row: every deletion of the life that ended
+   * (usually one). On a live row: the deletions of the previous life its inserter knew.
+   * A deletion the inserter did not know was concurrent with the re-insertion and wins
+   * (see {@link deleteWins}). Sorted, without repeats; merged by union.
+   */
+  readonly deletions?: readonly Stamp[]
+}
+
+/**
+ * 'delete-wins' rows: true when `tombstone` ended the life just before `alive` through a
+ * deletion the re-insertion had not seen, so the deletion must win.
+ */
+export function deleteWins(alive: RowState, tombstone: RowState): boolean {
+  if (!isAlive(alive.cl) || isAlive(tombstone.cl) || alive.cl !== tombstone.cl + 1) return false
+  const known = alive.deletions ?? []
+  return (tombstone.deletions ?? [tombstone.clStamp]).some((d) => !known.some((k) => compareStamps(k, d) === 0))
+}
+
+/** Union of two sorted stamp lists; returns `a` itself when `b` adds nothing. */
+export function unionStamps(
+  a: readonly Stamp[] | undefined,
+  b: readonly Stamp[] | undefined,
+): readonly Stamp[] | undefined {
+  if (!b?.length) return a
+  if (!a?.length) return b
+  const out = [...a]
+  let added = false
+  for (const s of b) {
+    if (!out.some((x) => compareStamps(x, s) === 0)) {
+      out.push(s)
+      added = true
+    }
+  }
+  return added ? out.sort(compareStamps) : a
 }
 
 function freshCells(cl: number, hlc: number, site: string, n: number): CellStamp[] {
@@ -83,11 +137,22 @@ function freshCells(cl: number, hlc: number, site: string, n: number): CellStamp
   return new Array<CellStamp>(n).fill(cell)
 }
 
-/** A local INSERT (or REPLACE): a dead or unknown row starts a new life with every cell written. */
-export function localInsert(state: RowState | null, hlc: number, site: string, dataCount: number): RowState {
+/**
+ * A local INSERT (or REPLACE): a dead or unknown row starts a new life with every cell
+ * written. With `track` (delete-wins tables), a life following a deletion records the
+ * deletions it knew.
+ */
+export function localInsert(
+  state: RowState | null,
+  hlc: number,
+  site: string,
+  dataCount: number,
+  track = false,
+): RowState {
   if (state === null || !isAlive(state.cl)) {
     const cl = clAfterInsert(state?.cl ?? 0)
-    return { cl, clStamp: { cl, hlc, site }, cells: freshCells(cl, hlc, site, dataCount) }
+    const row: RowState = { cl, clStamp: { cl, hlc, site }, cells: freshCells(cl, hlc, site, dataCount) }
+    return track && state !== null ? { ...row, deletions: state.deletions ?? [state.clStamp] } : row
   }
   // REPLACE on a live row fires only the INSERT trigger: an update of every column.
   return localUpdate(state, null, hlc, site, dataCount)
@@ -108,15 +173,32 @@ export function localUpdate(
   }
   if (columns === null) for (let c = 0; c < dataCount; c++) write(c)
   else for (const c of columns) write(c)
-  return { cl: state.cl, clStamp: state.clStamp, cells }
+  return state.deletions
+    ? { cl: state.cl, clStamp: state.clStamp, cells, deletions: state.deletions }
+    : { cl: state.cl, clStamp: state.clStamp, cells }
 }
 
-/** A local DELETE: the row's life ends and its cells are dropped (a tombstone remains). */
-export function localDelete(state: RowState | null, hlc: number, site: string, dataCount: number): RowState {
+/**
+ * A local DELETE: the row's life ends and its cells are dropped (a tombstone remains).
+ * With `track` (delete-wins tables) the tombstone lists its deletion.
+ */
+export function localDelete(
+  state: RowState | null,
+  hlc: number,
+  site: string,
+  dataCount: number,
+  track = false,
+): RowState {
   if (state !== null && !isAlive(state.cl)) return state
   const cl = state === null ? 2 : clAfterDelete(state.cl)
   const seen = state === null ? null : newestCell(state.cells)
-  const tombstone = { cl, clStamp: { cl, hlc, site }, cells: new Array<CellStamp | null>(dataCount).fill(null) }
+  const clStamp = { cl, hlc, site }
+  const tombstone: RowState = {
+    cl,
+    clStamp,
+    cells: new Array<CellStamp | null>(dataCount).fill(null),
+    ...(track && { deletions: [clStamp] }),
+  }
   return seen === null ? tombstone : { ...tombstone, seen }
 }
 
@@ -189,8 +271,12 @@ export function mergeRow(local: RowState | null, incoming: RowState): RowMerge {
       })
     }
     const state: RowState = { cl: incoming.cl, clStamp: incoming.clStamp, cells }
+    const extra = {
+      ...(!alive && incoming.seen && { seen: incoming.seen }),
+      ...(incoming.deletions && { deletions: incoming.deletions }),
+    }
     return {
-      state: !alive && incoming.seen ? { ...state, seen: incoming.seen } : state,
+      state: { ...state, ...extra },
       wasAlive,
       alive,
       lifeChanged: true,
@@ -211,9 +297,16 @@ export function mergeRow(local: RowState | null, incoming: RowState): RowMerge {
   const clStamp = compareStamps(incoming.clStamp, local.clStamp) > 0 ? incoming.clStamp : local.clStamp
   if (!wasAlive) {
     const seen = maxStamp(local.seen, incoming.seen)
-    const state: RowState = { cl: localCl, clStamp, cells: local.cells }
+    const deletions = unionStamps(local.deletions, incoming.deletions)
+    const state: RowState = {
+      cl: localCl,
+      clStamp,
+      cells: local.cells,
+      ...(seen && { seen }),
+      ...(deletions && { deletions }),
+    }
     return {
-      state: seen ? { ...state, seen } : state,
+      state,
       wasAlive,
       alive: false,
       lifeChanged: false,
@@ -226,6 +319,15 @@ export function mergeRow(local: RowState | null, incoming: RowState): RowMerge {
     const inc = incoming.cells[c]
     if (!inc) continue
     const cur = cells[c] ?? null
+    if (inc.parts && cur?.parts) {
+      // Counter cells: per-site parts join, concurrent changes add up, nothing conflicts.
+      const parts = joinParts(cur.parts, inc.parts)
+      if (parts !== cur.parts) {
+        cells[c] = counterCell(localCl, parts)
+        won.push(c)
+      }
+      continue
+    }
     const order = cur === null ? 1 : compareStamps(inc, cur)
     if (order > 0) {
       if (cur !== null && isConflict(inc, cur))
@@ -236,5 +338,7 @@ export function mergeRow(local: RowState | null, incoming: RowState): RowMerge {
       conflicts.push({ column: c, incomingWon: false, deleted: false, winner: cur, loser: inc })
     }
   }
-  return { state: { cl: localCl, clStamp, cells }, wasAlive, alive: true, lifeChanged: false, won, conflicts }
+  const deletions = unionStamps(local.deletions, incoming.deletions)
+  const state: RowState = deletions ? { cl: localCl, clStamp, cells, deletions } : { cl: localCl, clStamp, cells }
+  return { state, wasAlive, alive: true, lifeChanged: false, won, conflicts }
 }

@@ -3,13 +3,24 @@
  * transaction; this only merges. Versions the local vector already covers are skipped,
  * so a payload imported twice changes nothing the second time.
  */
+
+import { sumParts } from '../core/algorithms.js'
 import { ConvergeError } from '../core/errors.js'
-import { type CellStamp, compareStamps, isAlive, mergeRow, type RowState, type Stamp } from '../core/merge.js'
+import {
+  type CellStamp,
+  cellCovered,
+  compareStamps,
+  deleteWins,
+  isAlive,
+  mergeRow,
+  type RowState,
+  type Stamp,
+} from '../core/merge.js'
 import type { SqlValue } from '../core/values.js'
 import { covers, type VersionVector } from '../core/version-vector.js'
 import type { DecodedPayload, WireTable } from '../wire/payload.js'
 import { keyString } from './fold.js'
-import { type ColumnInfo, describeColumnDifference, schemaHash } from './schema.js'
+import { type ColumnInfo, type HashedColumn, schemaHash, type TableSchema } from './schema.js'
 import type { SyncedTable } from './synced-table.js'
 
 /** A conflict about to be written to the log. */
@@ -29,54 +40,97 @@ export interface ApplyResult {
   applied: number
   /** Rows left out because they would start a row life without all its cells. */
   skipped: number
+  /** Cell versions for columns this replica does not have; they are not claimed as seen. */
+  unknown: number
   conflicts: ConflictRecord[]
   /** Highest HLC applied per origin site. */
   held: Map<string, number>
+  /** add-wins rows kept alive against a concurrent deletion, by table: to re-insert locally. */
+  revived: Map<SyncedTable, SqlValue[][]>
+  /** delete-wins rows re-inserted without seeing a concurrent deletion: to delete locally. */
+  killed: Map<SyncedTable, SqlValue[][]>
+}
+
+/** How a payload table lines up with a local one. */
+export interface TableMatch {
+  readonly table: SyncedTable
+  /** For each payload data column, the local data column index, or -1 when it has none here. */
+  readonly mapping: readonly number[]
+  /** Local data columns the payload table does not have (a replica on an older or newer schema). */
+  readonly localOnly: readonly number[]
 }
 
 /**
- * Checks that every table the payload carries rows for is synced here with the same
- * schema; returns, per payload table, the local table and the local index of each of its
- * data columns.
+ * Checks that every table the payload carries rows for and this replica syncs has a
+ * compatible schema: the same primary key and row mode, and the same affinity and algorithm for every
+ * column both sides have. Columns only one side has are allowed: a replica that added a
+ * column syncs with one that has not added it yet (see docs/algorithms.md). Returns, per
+ * payload table, how its columns map to the local table's.
  */
 export function matchTables(
   payload: DecodedPayload,
   tables: ReadonlyMap<string, SyncedTable>,
-): (readonly [SyncedTable, number[]] | null)[] {
+): (TableMatch | 'not-synced' | null)[] {
   return payload.header.tables.map((wt, i) => {
     if ((payload.header.rowCounts[i] ?? 0) === 0) return null
     const local = tables.get(wt.name)
-    if (!local) {
-      throw new ConvergeError('SCHEMA_MISMATCH', `payload has changes for table ${wt.name}, which is not synced here`, {
-        table: wt.name,
-      })
-    }
-    const described = schemaHash(wt.name, remoteColumns(wt).slice(0, wt.pkCount), remoteColumns(wt).slice(wt.pkCount))
-    if (!sameBytes(described, wt.hash)) {
+    // A table the sender syncs and this replica does not (yet): like a column it lacks.
+    if (!local) return 'not-synced'
+    const remote = remoteColumns(wt)
+    if (!sameBytes(schemaHash(wt.name, remote.slice(0, wt.pkCount), remote.slice(wt.pkCount), wt.rows), wt.hash)) {
       throw new ConvergeError(
         'BAD_PAYLOAD',
         `malformed payload: columns of table ${wt.name} do not match its schema hash`,
-        {
-          reason: 'schema hash',
-          table: wt.name,
-        },
+        { reason: 'schema hash', table: wt.name },
       )
     }
-    if (!sameBytes(local.schema.hash, wt.hash)) {
-      const remote = remoteColumns(wt)
+    const difference = schemaDifference(local.schema, wt)
+    if (difference !== null) {
       const localCols = [...local.schema.pk, ...local.schema.data]
-      const pkSame = wt.pkCount === local.schema.pk.length && local.schema.pk.every((c, j) => c.name === wt.columns[j])
-      const diff = pkSame ? describeColumnDifference(localCols, remote) : 'primary key columns or their order differ'
-      throw new ConvergeError('SCHEMA_MISMATCH', `table ${wt.name} differs: ${diff}`, {
+      throw new ConvergeError('SCHEMA_MISMATCH', `table ${wt.name} differs: ${difference}`, {
         table: wt.name,
-        local: localCols.map((c) => `${c.name} ${c.affinity}`),
-        remote: remote.map((c) => `${c.name} ${c.affinity}`),
+        local: localCols.map(describeColumn),
+        remote: remote.map(describeColumn),
       })
     }
     const index = new Map(local.schema.data.map((c, j) => [c.name, j]))
-    const mapping = wt.columns.slice(wt.pkCount).map((name) => index.get(name) as number)
-    return [local, mapping] as const
+    const mapping = wt.columns.slice(wt.pkCount).map((name) => index.get(name) ?? -1)
+    const localOnly = local.schema.data.flatMap((_, j) => (mapping.includes(j) ? [] : [j]))
+    return { table: local, mapping, localOnly }
   })
+}
+
+function describeColumn(c: HashedColumn): string {
+  return c.algorithm && c.algorithm !== 'lww' ? `${c.name} ${c.affinity} ${c.algorithm}` : `${c.name} ${c.affinity}`
+}
+
+/**
+ * Why a payload table cannot merge into a local one, or null when it can: the key (names,
+ * order, affinities), the row mode, and the type and algorithm of every shared column
+ * must agree. Columns present on one side only are not a difference.
+ */
+export function schemaDifference(local: TableSchema, wt: WireTable): string | null {
+  const pkSame =
+    wt.pkCount === local.pk.length &&
+    local.pk.every((c, j) => c.name === wt.columns[j] && c.affinity === wt.affinities[j])
+  if (!pkSame) {
+    const remoteKey = wt.columns.slice(0, wt.pkCount).map((n, j) => `${n} ${wt.affinities[j]}`)
+    return `primary key columns or their order differ (here: ${local.pk.map((c) => `${c.name} ${c.affinity}`).join(', ')}; there: ${remoteKey.join(', ')})`
+  }
+  if (local.rows !== wt.rows) return `rows are '${local.rows}' here and '${wt.rows}' there`
+  const remote = new Map(
+    remoteColumns(wt)
+      .slice(wt.pkCount)
+      .map((c) => [c.name, c]),
+  )
+  const differing: string[] = []
+  for (const c of local.data) {
+    const r = remote.get(c.name)
+    if (!r) continue
+    if (r.affinity !== c.affinity) differing.push(`${c.name} (${c.affinity} here, ${r.affinity} there)`)
+    else if (r.algorithm !== c.algorithm) differing.push(`${c.name} ('${c.algorithm}' here, '${r.algorithm}' there)`)
+  }
+  return differing.length ? `columns of another type: ${differing.join(', ')}` : null
 }
 
 function remoteColumns(wt: WireTable): ColumnInfo[] {
@@ -85,6 +139,7 @@ function remoteColumns(wt: WireTable): ColumnInfo[] {
     type: wt.affinities[j] as string,
     affinity: wt.affinities[j] as ColumnInfo['affinity'],
     notNull: false,
+    algorithm: wt.algorithms[j] ?? 'lww',
   }))
 }
 
@@ -95,24 +150,42 @@ function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
 /** Merges every row of the payload into the local tables. */
 export function applyPayload(
   payload: DecodedPayload,
-  matched: readonly (readonly [SyncedTable, number[]] | null)[],
+  matched: readonly (TableMatch | 'not-synced' | null)[],
   known: VersionVector,
   onProgress?: (rows: number) => void,
 ): ApplyResult {
   let applied = 0
   let skipped = 0
+  let unknown = 0
   let seenRows = 0
   const conflicts: ConflictRecord[] = []
   const held = new Map<string, number>()
+  const revivedByTable = new Map<SyncedTable, SqlValue[][]>()
+  const killedByTable = new Map<SyncedTable, SqlValue[][]>()
   const hold = (site: string, hlc: number) => {
     if (hlc > (held.get(site) ?? 0)) held.set(site, hlc)
   }
   for (const { table, rows } of payload.chunks()) {
     const match = matched[table]
     if (!match) continue
-    const [t, mapping] = match
+    if (match === 'not-synced') {
+      unknown += rows.length
+      continue
+    }
+    const { table: t, mapping, localOnly } = match
     const n = t.dataCount
+    const shared = n - localOnly.length
     const existing = t.existingKeys(rows.map((r) => r.pk))
+    let revived = revivedByTable.get(t)
+    if (!revived) {
+      revived = []
+      revivedByTable.set(t, revived)
+    }
+    let killed = killedByTable.get(t)
+    if (!killed) {
+      killed = []
+      killedByTable.set(t, killed)
+    }
     const queued = new Set<string>()
     for (const row of rows) {
       const cells: (CellStamp | null)[] = new Array(n).fill(null)
@@ -121,18 +194,28 @@ export function applyPayload(
       let present = 0
       for (let j = 0; j < row.stamps.length; j++) {
         const stamp = row.stamps[j] as CellStamp | null
-        if (stamp === null || covers(known, stamp.site, stamp.hlc)) continue
+        if (stamp === null || cellCovered(known, stamp)) continue
         const c = mapping[j] as number
+        if (c < 0) {
+          // A column this replica does not have (yet): not held, so not claimed as seen.
+          unknown++
+          continue
+        }
         cells[c] = stamp
         values[c] = row.values[j] as SqlValue
         fresh = true
         present++
       }
       if (!fresh) continue
+      if (!isAlive(row.cl) && t.schema.rows === 'grow-only') {
+        throw new ConvergeError('BAD_PAYLOAD', `malformed payload: a deletion in grow-only table ${t.name}`, {
+          table: t.name,
+        })
+      }
       // A life this replica lacks must arrive whole, or the row would mix lives. It always
       // does when the payload answered our own vector; one exported for another peer may
       // omit cells that peer had, and such rows wait for an exchange that brings them.
-      const complete = !isAlive(row.cl) || present === n
+      const complete = !isAlive(row.cl) || present === shared
       const key = keyString(row.pk)
       const unseen = !existing.has(key) && !queued.has(key)
       let local: RowState | null = null
@@ -145,20 +228,52 @@ export function applyPayload(
         continue
       }
       hold(row.clStamp.site, row.clStamp.hlc)
-      for (const c of cells) if (c) hold(c.site, c.hlc)
-      const incoming: RowState = row.seen
-        ? { cl: row.cl, clStamp: row.clStamp, cells, seen: row.seen }
-        : { cl: row.cl, clStamp: row.clStamp, cells }
+      for (const c of cells) {
+        if (c?.parts) for (const p of c.parts) hold(p.site, p.hlc)
+        else if (c) hold(c.site, c.hlc)
+      }
+      const incoming: RowState = {
+        cl: row.cl,
+        clStamp: row.clStamp,
+        cells,
+        ...(row.seen && { seen: row.seen }),
+        ...(row.deletions && { deletions: row.deletions }),
+      }
       if (unseen) {
         // A key never seen here: the join with nothing is the incoming row itself.
         queued.add(key)
         applied += 1 + present
-        t.queueFresh(row.pk, incoming, isAlive(row.cl) ? values : null)
+        if (isAlive(row.cl) && localOnly.length) {
+          // Columns the sender lacks take their defaults.
+          const sent = mapping.filter((c) => c >= 0)
+          t.insertRow(
+            row.pk,
+            sent,
+            sent.map((c) => values[c] as SqlValue),
+          )
+          t.queueFresh(row.pk, incoming, null)
+        } else {
+          t.queueFresh(row.pk, incoming, isAlive(row.cl) ? values : null)
+        }
         continue
       }
+      // delete-wins: a deletion and a re-insertion of the next life that had not seen it
+      // meet here; the deletion wins, as a local delete made after the merge.
+      if (t.schema.rows === 'delete-wins' && local !== null) {
+        if (deleteWins(local, incoming) || deleteWins(incoming, local)) killed.push(row.pk)
+      }
       const m = mergeRow(local, incoming)
+      for (const c of t.counters) {
+        const parts = m.state.cells[c]?.parts
+        if (parts) values[c] = sumParts(parts)
+      }
+      // add-wins: a row edited here without its deleter having seen the edit survives the
+      // deletion; the caller re-inserts it as a local write (a new life that wins everywhere).
+      const revive = t.schema.rows === 'add-wins' && m.wasAlive && !m.alive && m.conflicts.length > 0
       const before = m.conflicts.length && m.wasAlive ? t.readValues(row.pk) : undefined
-      if (m.wasAlive && !m.alive) {
+      if (revive) {
+        revived.push(row.pk)
+      } else if (m.wasAlive && !m.alive) {
         t.deleteRow(row.pk)
       } else if (!m.wasAlive && m.alive) {
         const present: number[] = []
@@ -177,7 +292,11 @@ export function applyPayload(
           m.won.map((c) => values[c] as SqlValue),
         )
       }
-      for (const k of m.conflicts) {
+      // A new life from a sender without some of our columns: they restart at their defaults.
+      if (m.wasAlive && m.alive && m.lifeChanged && localOnly.length) t.resetColumns(row.pk, localOnly)
+      // In add-wins tables a concurrent edit beats a deletion: no value was lost.
+      const rowConflicts = t.schema.rows === 'add-wins' ? m.conflicts.filter((k) => !k.deleted) : m.conflicts
+      for (const k of rowConflicts) {
         const localValue = (before?.[k.column] ?? null) as SqlValue
         conflicts.push({
           table: t.name,
@@ -195,7 +314,8 @@ export function applyPayload(
         m.lifeChanged ||
         m.won.length > 0 ||
         compareStamps(m.state.clStamp, local.clStamp) !== 0 ||
-        m.state.seen !== local.seen
+        m.state.seen !== local.seen ||
+        m.state.deletions !== local.deletions
       if (stateChanged) t.saveState(row.pk, m.state, local !== null)
       applied += (m.lifeChanged ? 1 : 0) + m.won.length
     }
@@ -203,5 +323,5 @@ export function applyPayload(
     seenRows += rows.length
     onProgress?.(seenRows)
   }
-  return { applied, skipped, conflicts, held }
+  return { applied, skipped, unknown, conflicts, held, revived: revivedByTable, killed: killedByTable }
 }

@@ -21,6 +21,7 @@ import {
   verifyBundle,
 } from '../wire/bundle.js'
 import { DecodedPayload, type PayloadCodec } from '../wire/payload.js'
+import { schemaDifference } from './apply.js'
 import { keyColumns, PREFIX, rowsTable } from './metadata.js'
 import type { ImportResult, ProgressCallback } from './replica.js'
 import { quoteId } from './sql.js'
@@ -357,8 +358,8 @@ function holdsHiddenDeletes(host: BundleHost, decoded: DecodedPayload): boolean 
   const suspects = new Map<number, SyncedTable>()
   header.tables.forEach((wt, i) => {
     const t = host.syncedTable(wt.name)
-    // A table the sender does not sync, or syncs with other columns, never held our rows.
-    if (!t || !sameBytes(t.schema.hash, wt.hash)) return
+    // A table the sender does not sync, or syncs with an incompatible schema, never held our rows.
+    if (!t || schemaDifference(t.schema, wt) !== null) return
     if (host.db.prepare(covered(t, '')).get(vectorJsonText) !== undefined) suspects.set(i, t)
   })
   if (suspects.size === 0) return false

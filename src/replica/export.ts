@@ -1,5 +1,5 @@
 /** Export: every row and cell version the receiver's vector does not cover, as a payload. */
-import type { CellStamp } from '../core/merge.js'
+import { type CellStamp, cellCovered } from '../core/merge.js'
 import type { SqlValue } from '../core/values.js'
 import { covers, type VersionVector } from '../core/version-vector.js'
 import type { PayloadEncoder, WireRow, WireTable } from '../wire/payload.js'
@@ -23,6 +23,8 @@ export function wireTable(t: SyncedTable): WireTable {
     pkCount: t.schema.pk.length,
     columns: cols.map((c) => c.name),
     affinities: cols.map((c) => c.affinity),
+    algorithms: cols.map((c) => c.algorithm),
+    rows: t.schema.rows,
   }
 }
 
@@ -63,7 +65,7 @@ export function encodeChanges(
       for (let c = 0; c < n; c++) {
         const stamp = stamps[c] as CellStamp | null
         if (stamp === null) continue
-        if (!covers(since, stamp.site, stamp.hlc)) {
+        if (!cellCovered(since, stamp)) {
           any = true
         } else {
           if (stamps === state.cells) stamps = stamps.slice()
@@ -72,7 +74,15 @@ export function encodeChanges(
       }
       if (!any) continue
       const pk = raw.slice(0, k) as SqlValue[]
-      rows.push({ pk, cl: state.cl, clStamp: state.clStamp, stamps, values, ...(state.seen && { seen: state.seen }) })
+      rows.push({
+        pk,
+        cl: state.cl,
+        clStamp: state.clStamp,
+        stamps,
+        values,
+        ...(state.seen && { seen: state.seen }),
+        ...(state.deletions && { deletions: state.deletions }),
+      })
       if (rows.length === CHUNK_ROWS) {
         encoder.addChunk(ti, rows)
         onProgress?.(encoder.rows)

@@ -4,8 +4,9 @@
  * the row's state moves as the local operation says. Runs inside the caller's transaction,
  * in batches, so a million pending writes fold in bounded memory.
  */
+import { withOwnPart } from '../core/algorithms.js'
 import { nextHlc } from '../core/hlc.js'
-import { isAlive, localDelete, localInsert, localUpdate, type RowState } from '../core/merge.js'
+import { counterCell, isAlive, localDelete, localInsert, localUpdate, type RowState } from '../core/merge.js'
 import type { SqlValue } from '../core/values.js'
 import { MASK_BITS, maskWords } from './metadata.js'
 import type { SyncedTable } from './synced-table.js'
@@ -78,6 +79,7 @@ function changedColumns(masks: readonly unknown[], dataCount: number): number[] 
 export function foldTable(table: SyncedTable, site: string, clock: number): { clock: number; folded: number } {
   const words = maskWords(table.dataCount)
   const n = table.dataCount
+  const track = table.schema.rows === 'delete-wins'
   let after = 0n
   let folded = 0
   const bulk = table.foldFreshInserts(clock)
@@ -99,25 +101,56 @@ export function foldTable(table: SyncedTable, site: string, clock: number): { cl
     const items = [...pending.values()].sort((a, b) => compareKeys(a.pk, b.pk))
     for (const item of items) item.state = table.loadState(item.pk)
     const known = items.map((item) => item.state !== null)
+    const before = items.map((item) => item.state)
     for (const entry of batch) {
       const op = Number(entry[1])
       clock = nextHlc(clock, Number(entry[2]))
       const pk = entry.slice(3 + words) as SqlValue[]
       const item = pending.get(keyString(pk)) as { pk: SqlValue[]; state: RowState | null }
-      if (op === OP_INSERT) item.state = localInsert(item.state, clock, site, n)
-      else if (op === OP_DELETE) item.state = localDelete(item.state, clock, site, n)
+      if (op === OP_INSERT) item.state = localInsert(item.state, clock, site, n, track)
+      else if (op === OP_DELETE) item.state = localDelete(item.state, clock, site, n, track)
       else if (op === OP_UPDATE) {
         item.state = localUpdate(item.state, changedColumns(entry.slice(3, 3 + words), n), clock, site, n)
       } else if (op === OP_CHECK && item.state !== null && isAlive(item.state.cl) && !table.rowExists(pk)) {
-        item.state = localDelete(item.state, clock, site, n)
+        item.state = localDelete(item.state, clock, site, n, track)
       }
       after = entry[0] as bigint
     }
-    items.forEach(({ pk, state }, i) => {
-      if (state !== null) table.saveState(pk, state, known[i])
+    items.forEach((item, i) => {
+      if (item.state === null) return
+      if (table.counters.length) item.state = foldCounters(table, item.pk, before[i] ?? null, item.state, site)
+      table.saveState(item.pk, item.state, known[i])
     })
     folded += batch.length
   }
   if (after > 0n) table.clearLog(after)
   return { clock, folded }
+}
+
+/**
+ * Counter columns written by local operations: the local site's part becomes whatever makes
+ * the parts sum to the value the app left in the row. Cells the operations rewrote are
+ * plain stamps (no parts); the other sites' parts come from the state before this batch
+ * when the row is still in the same life.
+ */
+function foldCounters(
+  table: SyncedTable,
+  pk: readonly SqlValue[],
+  before: RowState | null,
+  state: RowState,
+  site: string,
+): RowState {
+  if (!isAlive(state.cl)) return state
+  let values: SqlValue[] | undefined
+  const cells = state.cells.slice()
+  for (const c of table.counters) {
+    const cell = cells[c]
+    if (!cell || cell.parts) continue
+    values ??= table.readValues(pk)
+    const v = values?.[c]
+    const current = typeof v === 'bigint' || typeof v === 'number' ? v : 0n
+    const base = before !== null && before.cl === state.cl ? (before.cells[c]?.parts ?? []) : []
+    cells[c] = counterCell(state.cl, withOwnPart(base, site, cell.hlc, current))
+  }
+  return { ...state, cells }
 }

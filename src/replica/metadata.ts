@@ -4,10 +4,12 @@
  * per synced table a change log (written by triggers) and a row table (one row per
  * primary key: causal length plus a packed stamp per cell).
  */
+import type { CounterPart } from '../core/algorithms.js'
 import type { CellStamp, RowState, Stamp } from '../core/merge.js'
-import { isAlive } from '../core/merge.js'
+import { counterCell, isAlive } from '../core/merge.js'
 import type { SqliteDatabase, SqliteStatement } from '../driver/types.js'
 import { ByteReader, ByteWriter } from '../wire/bytes.js'
+import { readValue, writeValue } from '../wire/values.js'
 import { quoteId } from './sql.js'
 import { cached } from './statements.js'
 
@@ -25,7 +27,10 @@ CREATE TABLE IF NOT EXISTS ${PREFIX}sites (
 CREATE TABLE IF NOT EXISTS ${PREFIX}tables (
   id INTEGER PRIMARY KEY,
   name TEXT NOT NULL UNIQUE,
-  hash BLOB NOT NULL
+  hash BLOB NOT NULL,
+  options TEXT,
+  columns TEXT,
+  triggers TEXT
 );
 CREATE TABLE IF NOT EXISTS ${PREFIX}conflicts (
   id INTEGER PRIMARY KEY,
@@ -131,6 +136,9 @@ export class SiteTable {
 const F_PRESENT = 1
 const F_ROW_STAMP = 2
 const F_PREV = 4
+const F_PARTS = 8
+/** First byte of a live row's blob that starts with the deletions its life followed (delete-wins tables). */
+const F_DELETIONS = 0x80
 
 /** A row of the metadata table, as stored. */
 export type StoredRow = [
@@ -150,12 +158,16 @@ export function decodeRow(stored: StoredRow, dataCount: number, sites: SiteTable
   const v = stored[4]
   const cells: (CellStamp | null)[] = new Array(dataCount)
   if (!isAlive(cl)) {
-    // A tombstone's blob, when present, is what its deleter had seen: cl, hlc delta, site.
+    // A tombstone's blob, when present: a zero byte and its deletions (delete-wins
+    // tables), then what its deleter had seen (cl, hlc delta, site) if known.
     cells.fill(null)
     if (v === null) return { cl, clStamp, cells }
     const r = new ByteReader(v)
-    const seen: Stamp = { cl: r.uvarint(), hlc: clh + r.svarint(), site: sites.hex(r.uvarint()) }
-    return { cl, clStamp, cells, seen }
+    const deletions = v[0] === 0 ? (r.byte(), readStamps(r, clh, sites)) : undefined
+    const seen: Stamp | undefined = r.remaining
+      ? { cl: r.uvarint(), hlc: clh + r.svarint(), site: sites.hex(r.uvarint()) }
+      : undefined
+    return { cl, clStamp, cells, ...(seen && { seen }), ...(deletions && { deletions }) }
   }
   if (v === null) {
     const cell: CellStamp | null = isAlive(cl) ? { cl, hlc: clh, site: clSite, prev: null } : null
@@ -163,10 +175,21 @@ export function decodeRow(stored: StoredRow, dataCount: number, sites: SiteTable
     return { cl, clStamp, cells }
   }
   const r = new ByteReader(v)
+  const deletions = v[0] === F_DELETIONS ? (r.byte(), readStamps(r, clh, sites)) : undefined
   for (let c = 0; c < dataCount; c++) {
     const flags = r.remaining ? r.byte() : 0
     if (!(flags & F_PRESENT)) {
       cells[c] = null
+      continue
+    }
+    if (flags & F_PARTS) {
+      const parts: CounterPart[] = []
+      for (let k = r.uvarint(); k > 0; k--) {
+        const site = sites.hex(r.uvarint())
+        const hlc = clh + r.svarint()
+        parts.push({ site, hlc, total: readValue(r) as bigint | number })
+      }
+      cells[c] = counterCell(cl, parts)
       continue
     }
     let hlc = clh
@@ -183,7 +206,23 @@ export function decodeRow(stored: StoredRow, dataCount: number, sites: SiteTable
     }
     cells[c] = { cl, hlc, site, prev }
   }
-  return { cl, clStamp, cells }
+  return deletions ? { cl, clStamp, cells, deletions } : { cl, clStamp, cells }
+}
+
+function readStamps(r: ByteReader, clh: number, sites: SiteTable): Stamp[] {
+  const out: Stamp[] = []
+  for (let k = r.uvarint(); k > 0; k--)
+    out.push({ cl: r.uvarint(), hlc: clh + r.svarint(), site: sites.hex(r.uvarint()) })
+  return out
+}
+
+function writeStamps(w: ByteWriter, stamps: readonly Stamp[], clh: number, sites: SiteTable): void {
+  w.uvarint(stamps.length)
+  for (const s of stamps) {
+    w.uvarint(s.cl)
+    w.svarint(s.hlc - clh)
+    w.uvarint(sites.idx(s.site))
+  }
 }
 
 /** Reused by {@link encodeRow}, which copies out what it wrote: one buffer, not one per row. */
@@ -200,23 +239,43 @@ export function encodeRow(state: RowState, sites: SiteTable): [number, number, n
       continue
     }
     if (cell.hlc > max) max = cell.hlc
-    if (cell.hlc !== clStamp.hlc || cell.site !== clStamp.site || cell.prev !== null) uniform = false
+    if (cell.hlc !== clStamp.hlc || cell.site !== clStamp.site || cell.prev !== null || cell.parts) uniform = false
   }
   const head: [number, number, number, number] = [cl, clStamp.hlc, sites.idx(clStamp.site), max - clStamp.hlc]
   if (!isAlive(cl)) {
-    if (!state.seen) return [...head, null]
+    if (!state.seen && !state.deletions) return [...head, null]
     scratch.reset()
-    scratch.uvarint(state.seen.cl)
-    scratch.svarint(state.seen.hlc - clStamp.hlc)
-    scratch.uvarint(sites.idx(state.seen.site))
+    if (state.deletions) {
+      scratch.byte(0)
+      writeStamps(scratch, state.deletions, clStamp.hlc, sites)
+    }
+    if (state.seen) {
+      scratch.uvarint(state.seen.cl)
+      scratch.svarint(state.seen.hlc - clStamp.hlc)
+      scratch.uvarint(sites.idx(state.seen.site))
+    }
     return [...head, scratch.finish().slice()]
   }
-  if (uniform) return [...head, null]
+  if (uniform && !state.deletions) return [...head, null]
   const w = scratch
   w.reset()
+  if (state.deletions) {
+    w.byte(F_DELETIONS)
+    writeStamps(w, state.deletions, clStamp.hlc, sites)
+  }
   for (const cell of state.cells) {
     if (cell === null) {
       w.byte(0)
+      continue
+    }
+    if (cell.parts) {
+      w.byte(F_PRESENT | F_PARTS)
+      w.uvarint(cell.parts.length)
+      for (const p of cell.parts) {
+        w.uvarint(sites.idx(p.site))
+        w.svarint(p.hlc - clStamp.hlc)
+        writeValue(w, p.total)
+      }
       continue
     }
     const sameAsRow = cell.hlc === clStamp.hlc && cell.site === clStamp.site

@@ -26,7 +26,8 @@ import {
 import { encodeChanges, scanFloor, wireTable } from './export.js'
 import { foldTable } from './fold.js'
 import { keyColumns, logTable, METADATA_DDL, maskWords, PREFIX, perTableDdl, SiteTable } from './metadata.js'
-import { childrenFirst, readTableSchema } from './schema.js'
+import { columnsJson, reconcileTable, type StoredTable, triggersDigest } from './migrate.js'
+import { checkTableOptions, childrenFirst, readTableSchema, type TableOptions, type TableSchema } from './schema.js'
 import { NOW_MS_SQL, quoteId } from './sql.js'
 import { cached } from './statements.js'
 import { SyncedTable } from './synced-table.js'
@@ -219,6 +220,8 @@ export class Replica {
   #clock: number
   /** Local log rows folded by this object (see LiveHost.localWrites). */
   #localWrites = 0
+  /** PRAGMA schema_version when the synced tables were last reconciled. */
+  #schemaVersion = -1
 
   constructor(db: SqliteDatabase, options: ReplicaOptions = {}) {
     if (options.siteId !== undefined && !SITE_RE.test(options.siteId)) {
@@ -237,6 +240,13 @@ export class Replica {
     try {
       db.exec(METADATA_DDL)
       db.exec(BUNDLE_DDL)
+      // Files from before per-table options and living schemas: add the columns (NULL
+      // options read as the defaults; NULL columns and triggers are filled on load).
+      for (const column of ['options', 'columns', 'triggers']) {
+        if (!db.prepare(`SELECT 1 FROM pragma_table_info('${PREFIX}tables') WHERE name = ?`).get(column)) {
+          db.exec(`ALTER TABLE ${PREFIX}tables ADD COLUMN ${column} TEXT`)
+        }
+      }
       const get = (key: string) =>
         (db.prepare(`SELECT value FROM ${PREFIX}state WHERE key = ?`).get(key) as { value: unknown } | undefined)?.value
       let site = get('site') as string | undefined
@@ -250,7 +260,7 @@ export class Replica {
       this.siteId = site
       this.#clock = Number(get('clock') ?? 0)
       this.#sites = new SiteTable(db)
-      this.#loadTables()
+      this.#syncTables()
       db.exec('COMMIT')
     } catch (err) {
       db.exec('ROLLBACK')
@@ -258,20 +268,51 @@ export class Replica {
     }
   }
 
-  /** Makes a table syncable (idempotent); rows already in it become syncable too. */
-  enableSync(table: string): void {
+  /**
+   * Makes a table syncable; rows already in it become syncable too. Idempotent: enabling
+   * a synced table again does nothing, unless `options` differ from the ones it was
+   * enabled with (`BAD_ARGUMENT`: algorithms are fixed when a table is first synced).
+   */
+  enableSync(table: string, options?: TableOptions): void {
     this.#open()
-    if (this.#tables.has(table)) return
+    const wanted = checkTableOptions(table, options)
+    const existing = this.#tables.get(table)
+    if (existing) {
+      if (options !== undefined) checkSameOptions(existing.schema, wanted)
+      return
+    }
     if (table.startsWith(PREFIX)) throw new ConvergeError('BAD_ARGUMENT', `${table} is an internal table`, { table })
     this.#write(() => {
-      if (this.#tables.has(table)) return
-      const schema = readTableSchema(this.db, table)
+      const already = this.#tables.get(table)
+      if (already) {
+        if (options !== undefined) checkSameOptions(already.schema, wanted)
+        return
+      }
+      const schema = readTableSchema(this.db, table, wanted)
+      for (const c of schema.data) {
+        if (c.algorithm !== 'counter') continue
+        const bad = this.db
+          .prepare(
+            `SELECT count(*) AS n FROM ${quoteId(table)} WHERE typeof(${quoteId(c.name)}) NOT IN ('integer', 'real')`,
+          )
+          .get() as { n: number }
+        if (bad.n > 0) {
+          throw new ConvergeError(
+            'BAD_ARGUMENT',
+            `counter column ${c.name} of ${table} holds ${bad.n} value(s) that are not INTEGER or REAL; set them to a number first`,
+            { table, column: c.name, rows: bad.n },
+          )
+        }
+      }
+      const stored = options === undefined ? null : JSON.stringify(wanted)
       const id = Number(
-        this.db.prepare(`INSERT INTO ${PREFIX}tables (name, hash) VALUES (?, ?)`).run(table, schema.hash)
-          .lastInsertRowid,
+        this.db
+          .prepare(`INSERT INTO ${PREFIX}tables (name, hash, options, columns) VALUES (?, ?, ?, ?)`)
+          .run(table, schema.hash, stored, columnsJson(schema)).lastInsertRowid,
       )
       this.db.exec(perTableDdl(id, schema.pk.length, schema.data.length))
       this.db.exec(createTriggersSql(id, schema))
+      this.db.prepare(`UPDATE ${PREFIX}tables SET triggers = ? WHERE id = ?`).run(triggersDigest(id, schema), id)
       const masks = Array.from({ length: maskWords(schema.data.length) }, (_, i) => `m${i}`)
       const keys = keyColumns(schema.pk.length)
       this.db.exec(
@@ -313,9 +354,9 @@ export class Replica {
   ): { payload: Uint8Array; rows: number } {
     this.#open()
     checkVector(since)
-    const tables = childrenFirst([...this.#tables.values()])
-    const encoder = new PayloadEncoder(this.siteId, tables.map(wireTable), this.#options.codec)
     return this.#write(() => {
+      const tables = childrenFirst([...this.#tables.values()])
+      const encoder = new PayloadEncoder(this.siteId, tables.map(wireTable), this.#options.codec)
       this.#foldAll()
       const held = new Map<string, number>()
       for (const r of cached(this.db, `SELECT site, held FROM ${PREFIX}sites`).all() as {
@@ -344,8 +385,8 @@ export class Replica {
         { site: header.sender, aheadMs, limitMs: this.#options.maxClockDriftMs },
       )
     }
-    const matched = matchTables(decoded, this.#tables)
     return this.#write(() => {
+      const matched = matchTables(decoded, this.#tables)
       this.db.exec('PRAGMA defer_foreign_keys = ON')
       this.#foldAll()
       const known = this.#vector()
@@ -372,13 +413,16 @@ export class Replica {
         if (guarded.includes(t)) t.markCascadeDeletesForCheck()
         else this.db.exec(createTriggersSql(t.id, t.schema))
       }
+      for (const [t, keys] of result.revived) for (const pk of keys) t.logLocalInsert(pk)
+      // Ordinary deletes with the capture triggers on: foreign-key actions apply as for any delete.
+      for (const [t, keys] of result.killed) for (const pk of keys) t.deleteRowLocally(pk)
       this.#foldAll()
       this.#recordConflicts(result.conflicts)
       const held = cached(this.db, `UPDATE ${PREFIX}sites SET held = max(held, ?) WHERE idx = ?`)
       for (const [site, hlc] of result.held) held.run(hlc, this.#sites.idx(site))
       // Adopt the sender's knowledge only if the payload answered a vector we had reached:
       // then it holds everything we lacked of what the sender had seen.
-      if (result.skipped === 0 && dominates(known, header.since)) {
+      if (result.skipped === 0 && result.unknown === 0 && dominates(known, header.since)) {
         const seen = cached(this.db, `UPDATE ${PREFIX}sites SET seen = max(seen, ?) WHERE idx = ?`)
         for (const [site, hlc] of Object.entries(header.vector)) {
           if (site !== this.siteId) seen.run(hlc, this.#sites.idx(site))
@@ -568,8 +612,12 @@ export class Replica {
   /** Folds pending writes and closes the connection. */
   close(): void {
     if (!this.db.open) return
-    this.#write(() => this.#foldAll())
-    this.db.close()
+    try {
+      this.#write(() => this.#foldAll())
+    } finally {
+      // Writes a failed fold left in the change log are folded by the next open.
+      this.db.close()
+    }
   }
 
   /** The synced table of that name, or `NOT_SYNCED`. */
@@ -670,29 +718,41 @@ export class Replica {
     const row = cached(this.db, `SELECT value FROM ${PREFIX}state WHERE key = 'clock'`).get() as { value: number }
     this.#clock = Number(row.value)
     this.#sites.refresh()
-    this.#loadTables()
+    this.#syncTables()
   }
 
-  /** Picks up synced tables registered by this or another connection and not known yet. */
-  #loadTables(): void {
-    const rows = cached(this.db, `SELECT id, name, hash FROM ${PREFIX}tables`).all() as {
-      id: number
-      name: string
-      hash: Uint8Array
-    }[]
-    if (rows.length === this.#tables.size) return
-    for (const { id, name, hash } of rows) {
-      if (this.#tables.has(name)) continue
-      const schema = readTableSchema(this.db, name)
-      if (!schema.hash.every((b, i) => b === hash[i])) {
-        throw new ConvergeError(
-          'SCHEMA_MISMATCH',
-          `synced table ${name} was altered after sync was enabled; this version cannot migrate it`,
-          { table: name },
-        )
-      }
-      this.#tables.set(name, new SyncedTable(this.db, this.#sites, id, schema))
+  /**
+   * Picks up synced tables registered by this or another connection, and follows schema
+   * changes made with plain SQL since the last look (PRAGMA schema_version moves on any
+   * DDL): metadata and triggers are brought up to date (see migrate.ts).
+   */
+  #syncTables(): void {
+    const version = (cached(this.db, 'PRAGMA schema_version').get() as { schema_version: number }).schema_version
+    const rows = cached(
+      this.db,
+      `SELECT id, name, hash, options, columns, triggers FROM ${PREFIX}tables`,
+    ).all() as StoredTable[]
+    if (version === this.#schemaVersion && rows.length === this.#tables.size) return
+    for (const stored of rows) {
+      const known = this.#tables.get(stored.name)
+      const { schema, rebuilt } = reconcileTable(this.db, stored, known?.schema)
+      if (rebuilt) this.#tables.set(stored.name, new SyncedTable(this.db, this.#sites, stored.id, schema))
     }
+    // Read again: the reconciliation may itself have changed the schema (triggers).
+    this.#schemaVersion = (cached(this.db, 'PRAGMA schema_version').get() as { schema_version: number }).schema_version
+  }
+}
+
+/** Refuses to re-enable a synced table with other options than it has. */
+function checkSameOptions(schema: TableSchema, wanted: Required<TableOptions>): void {
+  const mismatch =
+    schema.rows !== wanted.rows || schema.data.some((c) => c.algorithm !== (wanted.columns[c.name] ?? 'lww'))
+  if (mismatch) {
+    throw new ConvergeError(
+      'BAD_ARGUMENT',
+      `table ${schema.name} is already synced with other options; algorithms and row modes are fixed when a table is first synced`,
+      { table: schema.name },
+    )
   }
 }
 

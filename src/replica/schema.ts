@@ -1,5 +1,6 @@
 /** Table introspection and the schema hash that two replicas compare before merging. */
 import { sha256 } from '@noble/hashes/sha2.js'
+import { COLUMN_ALGORITHMS, type ColumnAlgorithm, ROW_MODES, type RowMode } from '../core/algorithms.js'
 import { ConvergeError } from '../core/errors.js'
 import type { SqliteDatabase } from '../driver/types.js'
 import { quoteString } from './sql.js'
@@ -12,6 +13,18 @@ export interface ColumnInfo {
   /** SQLite type affinity derived from the declared type. */
   readonly affinity: 'INTEGER' | 'TEXT' | 'BLOB' | 'REAL' | 'NUMERIC'
   readonly notNull: boolean
+  /** The DEFAULT expression as written, or null. */
+  readonly dflt?: string | null
+  /** How the column merges (key columns: always 'lww'). */
+  readonly algorithm: ColumnAlgorithm
+}
+
+/** Per-table sync options of `enableSync`. */
+export interface TableOptions {
+  /** Column algorithms other than last-writer-wins, by column name. */
+  columns?: Record<string, ColumnAlgorithm>
+  /** How rows live and die (default 'causal'). */
+  rows?: RowMode
 }
 
 /** What the replica knows about a synced table's shape. */
@@ -21,7 +34,9 @@ export interface TableSchema {
   readonly pk: readonly ColumnInfo[]
   /** Other columns in table order (ADD COLUMN appends, so indices stay stable). */
   readonly data: readonly ColumnInfo[]
-  /** 16 bytes: hash of name, key columns and data columns with their affinities. */
+  /** How rows live and die. */
+  readonly rows: RowMode
+  /** 16 bytes: hash of name, key columns and data columns with their affinities and algorithms, and the row mode. */
   readonly hash: Uint8Array
   /**
    * Column lists of the UNIQUE constraints and indexes other than the primary key (those on
@@ -48,21 +63,49 @@ interface PragmaColumn {
   name: string
   type: string
   notnull: number
+  dflt_value: string | null
   pk: number
 }
 
-/** Reads a table's columns and key; fails with `NO_SUCH_TABLE` or `NO_PRIMARY_KEY`. */
-export function readTableSchema(db: SqliteDatabase, table: string): TableSchema {
+/** Checks `enableSync` options; returns them with defaults filled in. */
+export function checkTableOptions(table: string, options: unknown): Required<TableOptions> {
+  const bad = (why: string) => new ConvergeError('BAD_ARGUMENT', `enableSync('${table}'): ${why}`, { table })
+  if (options === undefined || options === null) return { columns: {}, rows: 'causal' }
+  if (typeof options !== 'object') throw bad('options must be an object')
+  const { columns = {}, rows = 'causal', ...rest } = options as TableOptions
+  const unknown = Object.keys(rest)
+  if (unknown.length) throw bad(`unknown option ${unknown.join(', ')}`)
+  if (!ROW_MODES.includes(rows)) throw bad(`rows must be one of ${ROW_MODES.join(', ')}`)
+  if (typeof columns !== 'object' || columns === null) throw bad('columns must be an object')
+  for (const [name, algorithm] of Object.entries(columns)) {
+    if (!COLUMN_ALGORITHMS.includes(algorithm)) {
+      throw bad(`column ${name}: algorithm must be one of ${COLUMN_ALGORITHMS.join(', ')}`)
+    }
+  }
+  return { columns: { ...columns }, rows }
+}
+
+/**
+ * Reads a table's columns and key; fails with `NO_SUCH_TABLE` or `NO_PRIMARY_KEY`, or
+ * `BAD_ARGUMENT` when `options` name a column the table lacks or a key column.
+ */
+export function readTableSchema(
+  db: SqliteDatabase,
+  table: string,
+  options: Required<TableOptions> = { columns: {}, rows: 'causal' },
+): TableSchema {
   const exists = db.prepare(`SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = ?`).get(table)
   if (!exists) throw new ConvergeError('NO_SUCH_TABLE', `no table named ${table}`, { table })
   const rows = db
-    .prepare(`SELECT name, type, "notnull", pk FROM pragma_table_info(${quoteString(table)})`)
+    .prepare(`SELECT name, type, "notnull", dflt_value, pk FROM pragma_table_info(${quoteString(table)})`)
     .all() as PragmaColumn[]
   const toInfo = (c: PragmaColumn): ColumnInfo => ({
     name: c.name,
     type: c.type,
     affinity: affinityOf(c.type),
     notNull: c.notnull === 1,
+    dflt: c.dflt_value,
+    algorithm: c.pk > 0 ? 'lww' : (options.columns[c.name] ?? 'lww'),
   })
   const pk = rows
     .filter((c) => c.pk > 0)
@@ -76,11 +119,24 @@ export function readTableSchema(db: SqliteDatabase, table: string): TableSchema 
     )
   }
   const data = rows.filter((c) => c.pk === 0).map(toInfo)
+  for (const name of Object.keys(options.columns)) {
+    const col = rows.find((c) => c.name === name)
+    if (!col || col.pk > 0) {
+      throw new ConvergeError(
+        'BAD_ARGUMENT',
+        col
+          ? `column ${name} of ${table} is part of the primary key; key columns merge as a whole`
+          : `table ${table} has no column ${name}`,
+        { table, column: name },
+      )
+    }
+  }
   return {
     name: table,
     pk,
     data,
-    hash: schemaHash(table, pk, data),
+    rows: options.rows,
+    hash: schemaHash(table, pk, data, options.rows),
     uniques: uniqueColumnSets(db, table),
     fkActions: hasForeignKeyActions(db, table),
     parents: (
@@ -136,37 +192,26 @@ export function childrenFirst<T extends { schema: TableSchema }>(tables: readonl
   return out
 }
 
+/** What the schema hash covers of a column. */
+export type HashedColumn = Pick<ColumnInfo, 'name' | 'affinity'> & { readonly algorithm?: ColumnAlgorithm }
+
 /**
  * Hash of what must agree between replicas: table name, key columns in key order, and the
- * other columns by name (their order in CREATE TABLE does not matter), with affinities.
+ * other columns by name (their order in CREATE TABLE does not matter), with affinities and
+ * algorithms, and the row mode. Defaults are left out, so a table without options hashes
+ * as it did before options existed.
  */
-export function schemaHash(table: string, pk: readonly ColumnInfo[], data: readonly ColumnInfo[]): Uint8Array {
+export function schemaHash(
+  table: string,
+  pk: readonly HashedColumn[],
+  data: readonly HashedColumn[],
+  rows: RowMode = 'causal',
+): Uint8Array {
   const sorted = [...data].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0))
-  const canonical = JSON.stringify([
-    table,
-    pk.map((c) => [c.name, c.affinity]),
-    sorted.map((c) => [c.name, c.affinity]),
-  ])
+  const col = (c: HashedColumn) =>
+    c.algorithm && c.algorithm !== 'lww' ? [c.name, c.affinity, c.algorithm] : [c.name, c.affinity]
+  const parts: unknown[] = [table, pk.map((c) => [c.name, c.affinity]), sorted.map(col)]
+  if (rows !== 'causal') parts.push(rows)
+  const canonical = JSON.stringify(parts)
   return sha256(new TextEncoder().encode(canonical)).subarray(0, 16)
-}
-
-/** Describes how two column lists differ, for SCHEMA_MISMATCH messages. */
-export function describeColumnDifference(
-  local: readonly { name: string; affinity: string }[],
-  remote: readonly { name: string; affinity: string }[],
-): string {
-  const l = new Map(local.map((c) => [c.name, c.affinity]))
-  const r = new Map(remote.map((c) => [c.name, c.affinity]))
-  const parts: string[] = []
-  const missingHere = [...r.keys()].filter((n) => !l.has(n))
-  const missingThere = [...l.keys()].filter((n) => !r.has(n))
-  const retyped = [...l.keys()].filter((n) => r.has(n) && r.get(n) !== l.get(n))
-  if (missingHere.length) parts.push(`columns only in the payload: ${missingHere.join(', ')}`)
-  if (missingThere.length) parts.push(`columns only here: ${missingThere.join(', ')}`)
-  if (retyped.length) {
-    parts.push(
-      `columns of another type: ${retyped.map((n) => `${n} (${l.get(n)} here, ${r.get(n)} there)`).join(', ')}`,
-    )
-  }
-  return parts.length ? parts.join('; ') : 'primary key columns or their order differ'
 }

@@ -15,7 +15,8 @@ import {
   type StoredRow,
 } from './metadata.js'
 import type { TableSchema } from './schema.js'
-import { placeholders, quoteId } from './sql.js'
+import { NOW_MS_SQL, placeholders, quoteId } from './sql.js'
+import { cached } from './statements.js'
 import { OP_CHECK, OP_DELETE, OP_INSERT } from './triggers.js'
 
 /** Rows of the change log read per fold step; bounds the memory a fold uses. */
@@ -30,6 +31,8 @@ const KEY_LOOKUP_BATCH = 500
 export class SyncedTable {
   readonly id: number
   readonly schema: TableSchema
+  /** Data column indexes of counter columns. */
+  readonly counters: readonly number[]
   readonly #db: SqliteDatabase
   readonly #sites: SiteTable
   readonly #getRow: SqliteStatement
@@ -62,6 +65,7 @@ export class SyncedTable {
     this.#sites = sites
     this.id = id
     this.schema = schema
+    this.counters = schema.data.flatMap((c, i) => (c.algorithm === 'counter' ? [i] : []))
     const keys = keyColumns(schema.pk.length)
     const keyMatch = keys.map((k) => `${k} = ?`).join(' AND ')
     const table = quoteId(schema.name)
@@ -117,6 +121,8 @@ export class SyncedTable {
    * when the log does not qualify (the caller then folds row by row).
    */
   foldFreshInserts(base: number): { clock: number; folded: number } | null {
+    // Counter cells carry per-site parts that a uniform metadata row cannot hold.
+    if (this.counters.length) return null
     const keys = keyColumns(this.schema.pk.length).join(', ')
     const log = logTable(this.id)
     const other = this.#db.prepare(`SELECT min(seq) AS s FROM ${log} WHERE op <> ${OP_INSERT}`).get() as {
@@ -147,6 +153,16 @@ export class SyncedTable {
     this.#db.exec('RELEASE converge_fold')
     this.#db.prepare(`DELETE FROM ${log} WHERE seq <= ?`).run(s.hi)
     return { clock: s.hi - s.lo + 1 + Math.max(base, s.lead + s.lo - 1), folded: s.n }
+  }
+
+  /** Logs a write of every column of a row, as the INSERT trigger would (the fold stamps it). */
+  logLocalInsert(pk: readonly SqlValue[]): void {
+    const masks = Array.from({ length: maskWords(this.dataCount) }, (_, i) => `m${i}`)
+    const keys = keyColumns(this.schema.pk.length)
+    cached(
+      this.#db,
+      `INSERT INTO ${logTable(this.id)} (op, ts, ${[...masks, ...keys].join(', ')}) VALUES (${OP_INSERT}, ${NOW_MS_SQL}, ${[...masks.map(() => '-1'), ...keys.map(() => '?')].join(', ')})`,
+    ).run(...pk)
   }
 
   /** Up to {@link FOLD_BATCH} log rows after `seq`: [seq, op, ts, ...masks, ...key]. */
@@ -303,6 +319,11 @@ export class SyncedTable {
     return this.#rowExists.get(...pk) !== undefined
   }
 
+  /** Deletes a row as the app would: the capture triggers log it as a local write. */
+  deleteRowLocally(pk: readonly SqlValue[]): void {
+    this.#deleteRow.run(...pk)
+  }
+
   deleteRow(pk: readonly SqlValue[]): void {
     this.#own(pk, () => this.#deleteRow.run(...pk))
   }
@@ -332,6 +353,13 @@ export class SyncedTable {
       this.#updates.set(sig, stmt)
     }
     this.#own(pk, () => stmt.run(...values, ...pk))
+  }
+
+  /** Sets the given data columns of a row back to their DEFAULT (NULL without one). */
+  resetColumns(pk: readonly SqlValue[], columns: readonly number[]): void {
+    const sets = columns.map((c) => `${quoteId(this.#dataName(c))} = ${this.schema.data[c]?.dflt ?? 'NULL'}`)
+    const stmt = cached(this.#db, `UPDATE ${quoteId(this.name)} SET ${sets.join(', ')} WHERE ${this.#keyWhere}`)
+    this.#own(pk, () => stmt.run(...pk))
   }
 
   #dataName(c: number): string {

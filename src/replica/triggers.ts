@@ -6,7 +6,7 @@
  */
 import { keyColumns, logTable, MASK_BITS, maskWords, PREFIX } from './metadata.js'
 import type { TableSchema } from './schema.js'
-import { NOW_MS_SQL, quoteId } from './sql.js'
+import { NOW_MS_SQL, quoteId, quoteString } from './sql.js'
 
 export const OP_INSERT = 1
 export const OP_UPDATE = 2
@@ -20,7 +20,7 @@ function triggerName(id: number, kind: string): string {
 
 /** DROP statements for every capture trigger of a table. */
 export function dropTriggersSql(id: number): string {
-  return ['ins', 'upd', 'key', 'del', 'uins', 'uupd']
+  return ['ins', 'upd', 'key', 'del', 'uins', 'uupd', 'cins', 'cupd', 'gdel', 'gkey']
     .map((k) => `DROP TRIGGER IF EXISTS ${triggerName(id, k)};`)
     .join('\n')
 }
@@ -72,7 +72,45 @@ END;
 CREATE TRIGGER IF NOT EXISTS ${triggerName(id, 'del')} AFTER DELETE ON ${table} BEGIN
   INSERT INTO ${log} (${cols}) VALUES (${OP_DELETE}, ${NOW_MS_SQL}, ${none}, ${ref('OLD')});
 END;
-${uniqueCheckTriggers(id, schema, cols, none)}`
+${uniqueCheckTriggers(id, schema, cols, none)}${counterTriggers(id, schema)}${growOnlyTriggers(id, schema, sameKey)}`
+}
+
+/** SQL that aborts the statement with a message the app sees as the SQLite error. */
+function raise(message: string): string {
+  return `SELECT RAISE(ABORT, ${quoteString(`sqlite-converge: ${message}`)})`
+}
+
+/** Counter columns hold INTEGER or REAL: anything else is refused before it is written. */
+function counterTriggers(id: number, schema: TableSchema): string {
+  const counters = schema.data.filter((c) => c.algorithm === 'counter')
+  if (counters.length === 0) return ''
+  const table = quoteId(schema.name)
+  const notNumber = counters.map((c) => `typeof(NEW.${quoteId(c.name)}) NOT IN ('integer', 'real')`).join(' OR ')
+  const message = raise(
+    `counter column${counters.length > 1 ? 's' : ''} ${counters.map((c) => c.name).join(', ')} of ${schema.name} only take INTEGER or REAL values`,
+  )
+  return `
+CREATE TRIGGER IF NOT EXISTS ${triggerName(id, 'cins')} BEFORE INSERT ON ${table} WHEN ${notNumber} BEGIN
+  ${message};
+END;
+CREATE TRIGGER IF NOT EXISTS ${triggerName(id, 'cupd')} BEFORE UPDATE ON ${table} WHEN ${notNumber} BEGIN
+  ${message};
+END;
+`
+}
+
+/** Grow-only tables refuse deletes and key changes (a key change deletes the old key). */
+function growOnlyTriggers(id: number, schema: TableSchema, sameKey: string): string {
+  if (schema.rows !== 'grow-only') return ''
+  const table = quoteId(schema.name)
+  return `
+CREATE TRIGGER IF NOT EXISTS ${triggerName(id, 'gdel')} BEFORE DELETE ON ${table} BEGIN
+  ${raise(`table ${schema.name} is grow-only: rows cannot be deleted`)};
+END;
+CREATE TRIGGER IF NOT EXISTS ${triggerName(id, 'gkey')} BEFORE UPDATE ON ${table} WHEN NOT (${sameKey}) BEGIN
+  ${raise(`table ${schema.name} is grow-only: primary keys cannot change`)};
+END;
+`
 }
 
 /**
@@ -92,7 +130,12 @@ function uniqueCheckTriggers(id: number, schema: TableSchema, cols: string, none
     .map((c) => `OLD.${quoteId(c)} IS NOT NEW.${quoteId(c)}`)
     .join(' OR ')
   const keys = schema.pk.map((c) => quoteId(c.name)).join(', ')
-  const check = `INSERT INTO ${log} (${cols}) SELECT ${OP_CHECK}, ${NOW_MS_SQL}, ${none}, ${keys} FROM ${table} WHERE ${collides};`
+  const otherKey = schema.pk.map((c) => `${quoteId(c.name)} IS NOT NEW.${quoteId(c.name)}`).join(' OR ')
+  // A grow-only table cannot lose a row, so a write that would replace another is refused.
+  const check =
+    schema.rows === 'grow-only'
+      ? `${raise(`table ${schema.name} is grow-only: this write would replace another row`)} WHERE EXISTS (SELECT 1 FROM ${table} WHERE (${collides}) AND (${otherKey}));`
+      : `INSERT INTO ${log} (${cols}) SELECT ${OP_CHECK}, ${NOW_MS_SQL}, ${none}, ${keys} FROM ${table} WHERE ${collides};`
   return `
 CREATE TRIGGER IF NOT EXISTS ${triggerName(id, 'uins')} BEFORE INSERT ON ${table} BEGIN
   ${check}

@@ -1,12 +1,14 @@
 /** The SQLite store: one replica file per database, `DATA/NAME.db`. */
 import { existsSync, mkdirSync, readdirSync } from 'node:fs'
 import { join } from 'node:path'
+import type { ColumnAlgorithm } from '../core/algorithms.js'
 import { ConvergeError } from '../core/errors.js'
 import type { VersionVector } from '../core/version-vector.js'
 import { openReplica, type Replica } from '../index.js'
 import { nodeCodec } from '../platform/node-codec.js'
+import { schemaDifference } from '../replica/apply.js'
 import { PREFIX } from '../replica/metadata.js'
-import { affinityOf, describeColumnDifference, schemaHash } from '../replica/schema.js'
+import { affinityOf, schemaHash, type TableOptions } from '../replica/schema.js'
 import { quoteId } from '../replica/sql.js'
 import { DecodedPayload, type WireTable } from '../wire/payload.js'
 import type { AppliedPayload, ExportedPayload, StoreDatabase, SyncStore } from './store.js'
@@ -87,6 +89,8 @@ class SqliteDatabase implements StoreDatabase {
     const { header } = DecodedPayload.open(payload, this.#maxPayloadBytes, nodeCodec)
     const synced = new Set(r.syncedTables())
     const missing: WireTable[] = []
+    /** Columns clients added to tables the server has: the relay copy grows with them. */
+    const added: [string, string, string][] = []
     for (const wt of header.tables) {
       checkWireTable(wt)
       if (!synced.has(wt.name)) {
@@ -94,30 +98,39 @@ class SqliteDatabase implements StoreDatabase {
         continue
       }
       const local = r.table(wt.name).schema
-      if (!sameBytes(local.hash, wt.hash)) {
+      const difference = schemaDifference(local, wt)
+      if (difference !== null) {
         const localCols = [...local.pk, ...local.data]
-        const remote = wt.columns.map((name, j) => ({ name, affinity: wt.affinities[j] as string }))
-        const pkSame = wt.pkCount === local.pk.length && local.pk.every((c, j) => c.name === wt.columns[j])
-        const diff = pkSame ? describeColumnDifference(localCols, remote) : 'primary key columns or their order differ'
-        throw new ConvergeError('SCHEMA_MISMATCH', `table ${wt.name} differs from the server's: ${diff}`, {
+        const remote = wt.columns.map((name, j) => `${name} ${wt.affinities[j]}`)
+        throw new ConvergeError('SCHEMA_MISMATCH', `table ${wt.name} differs from the server's: ${difference}`, {
           table: wt.name,
           server: localCols.map((c) => `${c.name} ${c.affinity}`),
-          client: remote.map((c) => `${c.name} ${c.affinity}`),
+          client: remote,
         })
       }
+      const have = new Set(local.data.map((c) => c.name))
+      wt.columns.forEach((name, j) => {
+        // Added columns are last-writer-wins (see docs/algorithms.md); others stay unknown here.
+        if (j >= wt.pkCount && !have.has(name) && wt.algorithms[j] === 'lww') {
+          added.push([wt.name, name, wt.affinities[j] as string])
+        }
+      })
     }
     let result: { applied: number; conflicts: number }
-    if (missing.length === 0) {
+    if (missing.length === 0 && added.length === 0) {
       result = r.importChanges(payload)
     } else {
-      // The first client to sync a table defines it: create, enable and import in one
-      // transaction; on any failure roll back and reopen, so the Replica object forgets
-      // the tables it enabled.
+      // The first client to sync a table defines it, and a client with a column the
+      // server lacks extends it: change the schema and import in one transaction; on any
+      // failure roll back and reopen, so the Replica object forgets what it enabled.
       r.db.exec('BEGIN IMMEDIATE')
       try {
         for (const wt of missing) {
           r.db.exec(createTableSql(wt))
-          r.enableSync(wt.name)
+          r.enableSync(wt.name, tableOptions(wt))
+        }
+        for (const [table, column, affinity] of added) {
+          r.db.exec(`ALTER TABLE ${quoteId(table)} ADD COLUMN ${quoteId(column)} ${affinity}`)
         }
         result = r.importChanges(payload)
         r.db.exec('COMMIT')
@@ -171,13 +184,24 @@ function checkWireTable(wt: WireTable): void {
   if (wt.affinities.length !== wt.columns.length || !wt.affinities.every((a) => AFFINITIES.has(a))) {
     throw bad('has an unknown column type')
   }
-  const cols = wt.columns.map((name, j) => {
-    const affinity = affinityOf(wt.affinities[j] as string)
-    return { name, type: affinity, affinity, notNull: false }
-  })
-  if (!sameBytes(schemaHash(wt.name, cols.slice(0, wt.pkCount), cols.slice(wt.pkCount)), wt.hash)) {
+  const cols = wt.columns.map((name, j) => ({
+    name,
+    affinity: affinityOf(wt.affinities[j] as string),
+    algorithm: wt.algorithms[j],
+  }))
+  if (!sameBytes(schemaHash(wt.name, cols.slice(0, wt.pkCount), cols.slice(wt.pkCount), wt.rows), wt.hash)) {
     throw bad('does not match its schema hash')
   }
+}
+
+/** The sync options of a client table, as the server enables its copy. */
+function tableOptions(wt: WireTable): TableOptions {
+  const columns: Record<string, ColumnAlgorithm> = {}
+  wt.columns.forEach((name, j) => {
+    const algorithm = wt.algorithms[j] ?? 'lww'
+    if (algorithm !== 'lww') columns[name] = algorithm
+  })
+  return { columns, rows: wt.rows }
 }
 
 /** The server's copy of a client table: its columns with their affinities as declared types. */

@@ -10,15 +10,26 @@
  */
 import { sha256 } from '@noble/hashes/sha2.js'
 import { deflateSync, inflateSync } from 'fflate'
+import {
+  COLUMN_ALGORITHMS,
+  type ColumnAlgorithm,
+  type CounterPart,
+  normalizeParts,
+  ROW_MODES,
+  type RowMode,
+  sumParts,
+} from '../core/algorithms.js'
 import { ConvergeError } from '../core/errors.js'
-import type { CellStamp, Stamp } from '../core/merge.js'
+import { type CellStamp, compareStamps, counterCell, type Stamp } from '../core/merge.js'
 import type { SqlValue } from '../core/values.js'
 import type { VersionVector } from '../core/version-vector.js'
 import { ByteReader, ByteWriter, badPayload } from './bytes.js'
 import { readValue, writeValue } from './values.js'
 
 export const PAYLOAD_MAGIC = new Uint8Array([0x43, 0x56, 0x52, 0x47]) // "CVRG"
-export const PAYLOAD_FORMAT = 1
+export const PAYLOAD_FORMAT = 2
+/** Format 1 (no column algorithms or row modes) is still read. */
+const OLDEST_FORMAT = 1
 const CHECKSUM_BYTES = 32
 const SITE_BYTES = 16
 /** No chunk inflates beyond this, whatever its header claims. */
@@ -61,6 +72,8 @@ const MAX_ENCODED_BYTES = 2 ** 32 - 1
 const F_PRESENT = 1
 const F_ROW_STAMP = 2
 const F_PREV = 4
+/** A counter cell: its parts follow instead of a stamp and a value. */
+const F_PARTS = 8
 
 /** A table as the payload describes it. */
 export interface WireTable {
@@ -73,6 +86,10 @@ export interface WireTable {
   readonly columns: readonly string[]
   /** Column affinities, parallel to `columns`. */
   readonly affinities: readonly string[]
+  /** Column algorithms, parallel to `columns` (key columns: 'lww'). */
+  readonly algorithms: readonly ColumnAlgorithm[]
+  /** The table's row mode. */
+  readonly rows: RowMode
 }
 
 /**
@@ -89,6 +106,8 @@ export interface WireRow {
   readonly values: readonly SqlValue[]
   /** Deleted rows: the newest cell version the deleter had seen (see RowState.seen). */
   readonly seen?: Stamp
+  /** Delete-wins tables: the deletions of the ended life (tombstones) or of the previous one (live rows); see RowState.deletions. */
+  readonly deletions?: readonly Stamp[]
 }
 
 /** Everything in a payload except its rows. */
@@ -154,15 +173,25 @@ export class PayloadEncoder {
       rw.svarint(row.clStamp.hlc - lastHlc)
       lastHlc = row.clStamp.hlc
       rw.uvarint(this.#site(row.clStamp.site))
-      if (row.cl % 2 === 0) {
-        // A tombstone says what its deleter had seen: 0, or 1 then (cl, hlc delta, site).
-        if (!row.seen) {
-          rw.byte(0)
-        } else {
-          rw.byte(1)
-          rw.uvarint(row.seen.cl)
-          rw.svarint(row.seen.hlc - row.clStamp.hlc)
-          rw.uvarint(this.#site(row.seen.site))
+      // Per row a flag byte: 1 = what a tombstone's deleter had seen follows, 2 = the
+      // deletions list follows (delete-wins tables: on tombstones and on live rows).
+      const tracked = t.rows === 'delete-wins'
+      if (row.cl % 2 === 0 || tracked) {
+        const seen = row.cl % 2 === 0 ? row.seen : undefined
+        const deletions = tracked ? row.deletions : undefined
+        rw.byte((seen ? 1 : 0) | (deletions?.length ? 2 : 0))
+        if (deletions?.length) {
+          rw.uvarint(deletions.length)
+          for (const d of deletions) {
+            rw.uvarint(d.cl)
+            rw.svarint(d.hlc - row.clStamp.hlc)
+            rw.uvarint(this.#site(d.site))
+          }
+        }
+        if (seen) {
+          rw.uvarint(seen.cl)
+          rw.svarint(seen.hlc - row.clStamp.hlc)
+          rw.uvarint(this.#site(seen.site))
         }
       }
     }
@@ -174,6 +203,16 @@ export class PayloadEncoder {
         const s = row.stamps[c]
         if (!s) {
           w.byte(0)
+          continue
+        }
+        if (s.parts) {
+          w.byte(F_PRESENT | F_PARTS)
+          w.uvarint(s.parts.length)
+          for (const p of s.parts) {
+            w.uvarint(this.#site(p.site))
+            w.svarint(p.hlc - row.clStamp.hlc)
+            writeValue(w, p.total)
+          }
           continue
         }
         const sameAsRow = s.hlc === row.clStamp.hlc && s.site === row.clStamp.site
@@ -237,7 +276,9 @@ export class PayloadEncoder {
       t.columns.forEach((c, j) => {
         h.string(c)
         h.string(t.affinities[j] as string)
+        h.string(t.algorithms[j] as string)
       })
+      h.string(t.rows)
       h.uvarint(this.#rowCounts[i] as number)
     })
     h.uvarint(this.#chunkCount)
@@ -300,7 +341,9 @@ export class DecodedPayload {
       if (buf[i] !== PAYLOAD_MAGIC[i]) throw badPayload('not a sqlite-converge payload (bad magic)')
     }
     const format = buf[PAYLOAD_MAGIC.length]
-    if (format !== PAYLOAD_FORMAT) throw badPayload(`unsupported format version ${format}`)
+    if (format === undefined || format < OLDEST_FORMAT || format > PAYLOAD_FORMAT) {
+      throw badPayload(`unsupported format version ${format}`)
+    }
     const end = buf.length - CHECKSUM_BYTES
     const digest = codec.sha256(buf.subarray(0, end))
     for (let i = 0; i < CHECKSUM_BYTES; i++) {
@@ -337,12 +380,20 @@ export class DecodedPayload {
       if (pkCount < 1 || pkCount > colCount) throw badPayload(`table ${name}: bad key column count`)
       const columns: string[] = []
       const affinities: string[] = []
+      const algorithms: ColumnAlgorithm[] = []
       for (let j = 0; j < colCount; j++) {
         columns.push(r.string())
         affinities.push(r.string())
+        const algorithm = format === 1 ? 'lww' : (r.string() as ColumnAlgorithm)
+        if (!COLUMN_ALGORITHMS.includes(algorithm) || (j < pkCount && algorithm !== 'lww')) {
+          throw badPayload(`table ${name}: unknown column algorithm`)
+        }
+        algorithms.push(algorithm)
       }
+      const rows = format === 1 ? 'causal' : (r.string() as RowMode)
+      if (!ROW_MODES.includes(rows)) throw badPayload(`table ${name}: unknown row mode`)
       if (new Set(columns).size !== columns.length) throw badPayload(`table ${name}: duplicate column`)
-      tables.push({ name, hash, pkCount, columns, affinities })
+      tables.push({ name, hash, pkCount, columns, affinities, algorithms, rows })
       rowCounts.push(r.uvarint())
     }
     if (new Set(tables.map((t) => t.name)).size !== tables.length) throw badPayload('duplicate table')
@@ -425,6 +476,7 @@ export class DecodedPayload {
       stamps: (CellStamp | null)[]
       values: SqlValue[]
       seen?: Stamp
+      deletions?: Stamp[]
     }[] = []
     let lastHlc = 0
     for (let i = 0; i < n; i++) {
@@ -438,13 +490,27 @@ export class DecodedPayload {
         stamps: [],
         values: [],
       })
-      if (cl % 2 === 0) {
+      const tracked = t.rows === 'delete-wins'
+      if (cl % 2 === 0 || tracked) {
         const flag = rs.byte()
-        if (flag > 1) throw badPayload('bad tombstone flag')
-        if (flag === 1) {
+        if (flag > 3 || (flag & 1 && cl % 2 === 1) || (flag & 2 && !tracked)) throw badPayload('bad row flags')
+        const row = rows[rows.length - 1] as { seen?: Stamp; deletions?: Stamp[] }
+        if (flag & 2) {
+          // Deletions of the life that ended here (tombstone) or just before (live row).
+          const life = cl % 2 === 0 ? cl : cl - 1
+          const deletions: Stamp[] = []
+          for (let k = rs.count(3); k > 0; k--) {
+            if (rs.uvarint() !== life) throw badPayload('bad deletion life')
+            deletions.push({ cl: life, hlc: this.#hlc(lastHlc + rs.svarint()), site: this.#siteAt(rs.uvarint()) })
+          }
+          deletions.sort(compareStamps)
+          const repeats = deletions.some((d, k) => k > 0 && compareStamps(d, deletions[k - 1] as Stamp) === 0)
+          if (deletions.length === 0 || life < 2 || repeats) throw badPayload('bad deletions')
+          row.deletions = deletions
+        }
+        if (flag & 1) {
           const scl = rs.uvarint()
           if (scl < 1 || scl >= cl || scl % 2 === 0) throw badPayload('bad tombstone life')
-          const row = rows[rows.length - 1] as { seen?: Stamp }
           row.seen = { cl: scl, hlc: this.#hlc(lastHlc + rs.svarint()), site: this.#siteAt(rs.uvarint()) }
         }
       }
@@ -460,9 +526,32 @@ export class DecodedPayload {
           row.values.push(null)
           continue
         }
-        if (flags & ~(F_PRESENT | F_ROW_STAMP | F_PREV) || !(flags & F_PRESENT)) throw badPayload('bad cell flags')
+        const counter = t.algorithms[t.pkCount + c] === 'counter'
+        if (
+          counter
+            ? flags !== (F_PRESENT | F_PARTS)
+            : flags & ~(F_PRESENT | F_ROW_STAMP | F_PREV) || !(flags & F_PRESENT)
+        ) {
+          throw badPayload('bad cell flags')
+        }
         if (row.cl % 2 === 0) throw badPayload('cell on a deleted row')
         const cl = row.cl
+        if (counter) {
+          const parts: CounterPart[] = []
+          const count = s.count(3)
+          if (count === 0) throw badPayload('counter cell without parts')
+          for (let k = 0; k < count; k++) {
+            const site = this.#siteAt(s.uvarint())
+            const hlc = this.#hlc(row.clStamp.hlc + s.svarint())
+            const total = readValue(s)
+            if (typeof total !== 'bigint' && typeof total !== 'number') throw badPayload('counter part is not a number')
+            parts.push({ site, hlc, total })
+          }
+          if (!normalizeParts(parts)) throw badPayload('counter cell repeats a site')
+          row.stamps.push(counterCell(cl, parts))
+          row.values.push(sumParts(parts))
+          continue
+        }
         let hlc = row.clStamp.hlc
         let site = row.clStamp.site
         if (!(flags & F_ROW_STAMP)) {
