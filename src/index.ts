@@ -9,6 +9,7 @@ import { Replica, type ReplicaOptions } from './replica/replica.js'
 import { httpSync } from './sync/http-sync.js'
 import { liveTransport, type WebSocketLike } from './sync/ws-session.js'
 
+export type { ColumnAlgorithm, RowMode } from './core/algorithms.js'
 export { ConvergeError, type ConvergeErrorCode, isConvergeError } from './core/errors.js'
 export type { AppValue } from './core/values.js'
 export type { VersionVector } from './core/version-vector.js'
@@ -25,6 +26,7 @@ export type {
   ReplicaFiles,
 } from './replica/bundles.js'
 export {
+  type CompactResult,
   type Conflict,
   type ImportResult,
   type LiveChange,
@@ -40,6 +42,7 @@ export {
   type SyncResult,
   type SyncTransport,
 } from './replica/replica.js'
+export type { TableOptions } from './replica/schema.js'
 export { browserWebSocket, liveTransport, type WebSocketFactory, type WebSocketLike } from './sync/ws-session.js'
 export type { ScryptParams } from './wire/bundle.js'
 export type { PayloadCodec } from './wire/payload.js'

@@ -42,6 +42,8 @@ export interface ApplyResult {
   skipped: number
   /** Cell versions for columns this replica does not have; they are not claimed as seen. */
   unknown: number
+  /** Live rows the merge deleted. */
+  deleted: number
   conflicts: ConflictRecord[]
   /** Highest HLC applied per origin site. */
   held: Map<string, number>
@@ -152,11 +154,13 @@ export function applyPayload(
   payload: DecodedPayload,
   matched: readonly (TableMatch | 'not-synced' | null)[],
   known: VersionVector,
+  compacted: VersionVector,
   onProgress?: (rows: number) => void,
 ): ApplyResult {
   let applied = 0
   let skipped = 0
   let unknown = 0
+  let deleted = 0
   let seenRows = 0
   const conflicts: ConflictRecord[] = []
   const held = new Map<string, number>()
@@ -239,6 +243,9 @@ export function applyPayload(
         ...(row.seen && { seen: row.seen }),
         ...(row.deletions && { deletions: row.deletions }),
       }
+      // A key this replica does not hold, of a life it has seen: that life was deleted and
+      // its tombstone compacted away (see compact.ts). It stays deleted.
+      if (unseen && covers(compacted, row.clStamp.site, row.clStamp.hlc)) continue
       if (unseen) {
         // A key never seen here: the join with nothing is the incoming row itself.
         queued.add(key)
@@ -275,6 +282,7 @@ export function applyPayload(
         revived.push(row.pk)
       } else if (m.wasAlive && !m.alive) {
         t.deleteRow(row.pk)
+        deleted++
       } else if (!m.wasAlive && m.alive) {
         const present: number[] = []
         m.state.cells.forEach((c, i) => {
@@ -323,5 +331,5 @@ export function applyPayload(
     seenRows += rows.length
     onProgress?.(seenRows)
   }
-  return { applied, skipped, unknown, conflicts, held, revived: revivedByTable, killed: killedByTable }
+  return { applied, skipped, unknown, deleted, conflicts, held, revived: revivedByTable, killed: killedByTable }
 }

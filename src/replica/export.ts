@@ -41,7 +41,10 @@ export function scanFloor(held: ReadonlyMap<string, number>, since: VersionVecto
   return floor
 }
 
-/** Adds every uncovered version of `tables` to `encoder`, chunk by chunk; without `tombstones`, live rows only. */
+/**
+ * Adds every uncovered version of `tables` to `encoder`, chunk by chunk. `tombstones`
+ * says which tables' deleted rows go too (default all; a snapshot leaves them out).
+ */
 export function encodeChanges(
   encoder: PayloadEncoder,
   tables: readonly SyncedTable[],
@@ -49,7 +52,7 @@ export function encodeChanges(
   since: VersionVector,
   floor: number,
   onProgress?: (rows: number) => void,
-  tombstones = true,
+  tombstones: (t: SyncedTable) => boolean = () => true,
 ): void {
   if (floor === Number.POSITIVE_INFINITY) return
   tables.forEach((t, ti) => {
@@ -57,7 +60,7 @@ export function encodeChanges(
     const n = t.dataCount
     let rows: WireRow[] = []
     // Deletions first, so a receiver frees UNIQUE values before rows that reuse them arrive.
-    for (const raw of chain(tombstones ? [false, true] : [true], (alive) => t.iterateChanged(floor, alive))) {
+    for (const raw of chain(tombstones(t) ? [false, true] : [true], (alive) => t.iterateChanged(floor, alive))) {
       const state = decodeRow(raw.slice(k, k + 5) as StoredRow, n, sites)
       const values = raw.slice(k + 5) as SqlValue[]
       let any = !covers(since, state.clStamp.site, state.clStamp.hlc)

@@ -76,12 +76,17 @@ function changedColumns(masks: readonly unknown[], dataCount: number): number[] 
  * Folds every pending log row of `table`. Returns the last HLC handed out (or `clock`
  * unchanged when nothing was pending) and the number of log rows folded.
  */
-export function foldTable(table: SyncedTable, site: string, clock: number): { clock: number; folded: number } {
+export function foldTable(
+  table: SyncedTable,
+  site: string,
+  clock: number,
+): { clock: number; folded: number; deleted: number } {
   const words = maskWords(table.dataCount)
   const n = table.dataCount
   const track = table.schema.rows === 'delete-wins'
   let after = 0n
   let folded = 0
+  let deleted = 0
   const bulk = table.foldFreshInserts(clock)
   if (bulk !== null) {
     clock = Math.max(clock, bulk.clock)
@@ -108,8 +113,10 @@ export function foldTable(table: SyncedTable, site: string, clock: number): { cl
       const pk = entry.slice(3 + words) as SqlValue[]
       const item = pending.get(keyString(pk)) as { pk: SqlValue[]; state: RowState | null }
       if (op === OP_INSERT) item.state = localInsert(item.state, clock, site, n, track)
-      else if (op === OP_DELETE) item.state = localDelete(item.state, clock, site, n, track)
-      else if (op === OP_UPDATE) {
+      else if (op === OP_DELETE) {
+        item.state = localDelete(item.state, clock, site, n, track)
+        deleted++
+      } else if (op === OP_UPDATE) {
         item.state = localUpdate(item.state, changedColumns(entry.slice(3, 3 + words), n), clock, site, n)
       } else if (op === OP_CHECK && item.state !== null && isAlive(item.state.cl) && !table.rowExists(pk)) {
         item.state = localDelete(item.state, clock, site, n, track)
@@ -124,7 +131,7 @@ export function foldTable(table: SyncedTable, site: string, clock: number): { cl
     folded += batch.length
   }
   if (after > 0n) table.clearLog(after)
-  return { clock, folded }
+  return { clock, folded, deleted }
 }
 
 /**

@@ -163,7 +163,7 @@ export function decodeRow(stored: StoredRow, dataCount: number, sites: SiteTable
     cells.fill(null)
     if (v === null) return { cl, clStamp, cells }
     const r = new ByteReader(v)
-    const deletions = v[0] === 0 ? (r.byte(), readStamps(r, clh, sites)) : undefined
+    const deletions = v[0] === 0 ? readStamps(r, clh, sites, true) : undefined
     const seen: Stamp | undefined = r.remaining
       ? { cl: r.uvarint(), hlc: clh + r.svarint(), site: sites.hex(r.uvarint()) }
       : undefined
@@ -175,7 +175,7 @@ export function decodeRow(stored: StoredRow, dataCount: number, sites: SiteTable
     return { cl, clStamp, cells }
   }
   const r = new ByteReader(v)
-  const deletions = v[0] === F_DELETIONS ? (r.byte(), readStamps(r, clh, sites)) : undefined
+  const deletions = v[0] === F_DELETIONS ? readStamps(r, clh, sites, true) : undefined
   for (let c = 0; c < dataCount; c++) {
     const flags = r.remaining ? r.byte() : 0
     if (!(flags & F_PRESENT)) {
@@ -209,7 +209,9 @@ export function decodeRow(stored: StoredRow, dataCount: number, sites: SiteTable
   return deletions ? { cl, clStamp, cells, deletions } : { cl, clStamp, cells }
 }
 
-function readStamps(r: ByteReader, clh: number, sites: SiteTable): Stamp[] {
+/** Reads a stamp list (after a marker byte, skipped when `marked`). */
+function readStamps(r: ByteReader, clh: number, sites: SiteTable, marked: boolean): Stamp[] {
+  if (marked) r.byte()
   const out: Stamp[] = []
   for (let k = r.uvarint(); k > 0; k--)
     out.push({ cl: r.uvarint(), hlc: clh + r.svarint(), site: sites.hex(r.uvarint()) })

@@ -1,6 +1,7 @@
 /** The replica: a SQLite database whose synced tables exchange changes with other replicas. */
 import { ConvergeError } from '../core/errors.js'
 import { exceedsDrift, hlcToMillis } from '../core/hlc.js'
+import { cellCovered } from '../core/merge.js'
 import { type AppValue, type SqlValue, toAppValue } from '../core/values.js'
 import { dominates, type VersionVector } from '../core/version-vector.js'
 import type { SqliteDatabase } from '../driver/types.js'
@@ -23,6 +24,14 @@ import {
   readPeers,
   recordPeer,
 } from './bundles.js'
+import {
+  dropTombstones,
+  needsSnapshot,
+  raiseCompactionFloor,
+  readCompactionFloor,
+  rowsMissingFromSnapshot,
+  seenByAll,
+} from './compact.js'
 import { encodeChanges, scanFloor, wireTable } from './export.js'
 import { foldTable } from './fold.js'
 import { keyColumns, logTable, METADATA_DDL, maskWords, PREFIX, perTableDdl, SiteTable } from './metadata.js'
@@ -41,6 +50,11 @@ export interface ReplicaOptions {
   maxClockDriftMs?: number
   /** Refuse payloads larger than this many bytes (default 1 GiB). */
   maxPayloadBytes?: number
+  /**
+   * Run {@link Replica.compact} after an import once this many rows were deleted (locally or
+   * by imports) since the last compaction; false: only when called (default 10000).
+   */
+  autoCompact?: number | false
   /** Deflate and SHA-256 for payloads (default: pure JS; Node's entry point passes node:zlib and node:crypto). */
   codec?: PayloadCodec
   /** File access for bundles (Node's entry point passes node:fs); without it the bundle methods fail with `BAD_ARGUMENT`. */
@@ -168,6 +182,12 @@ export interface ImportResult {
   conflicts: number
 }
 
+/** Result of {@link Replica.compact}. */
+export interface CompactResult {
+  /** Tombstones dropped. */
+  tombstones: number
+}
+
 /** A concurrent write that lost a merge, kept so the app can restore it. */
 export interface Conflict {
   id: number
@@ -201,6 +221,7 @@ const SITE_RE = /^[0-9a-f]{32}$/
 const ECHO_GUARD_MAX_ROWS = 1000
 const DEFAULT_DRIFT_MS = 5 * 60 * 1000
 const DEFAULT_MAX_PAYLOAD = 1024 * 1024 * 1024
+const DEFAULT_AUTO_COMPACT = 10_000
 
 function randomSiteId(): string {
   return bytesToHex(crypto.getRandomValues(new Uint8Array(16)))
@@ -222,6 +243,8 @@ export class Replica {
   #localWrites = 0
   /** PRAGMA schema_version when the synced tables were last reconciled. */
   #schemaVersion = -1
+  /** Rows deleted (locally or by imports) since the last compaction, by this object. */
+  #deletesSinceCompact = 0
 
   constructor(db: SqliteDatabase, options: ReplicaOptions = {}) {
     if (options.siteId !== undefined && !SITE_RE.test(options.siteId)) {
@@ -231,6 +254,7 @@ export class Replica {
     this.#options = Object.freeze({
       maxClockDriftMs: options.maxClockDriftMs ?? DEFAULT_DRIFT_MS,
       maxPayloadBytes: options.maxPayloadBytes ?? DEFAULT_MAX_PAYLOAD,
+      autoCompact: options.autoCompact ?? DEFAULT_AUTO_COMPACT,
       codec: options.codec ?? portableCodec,
     })
     this.#files = options.files
@@ -365,10 +389,39 @@ export class Replica {
       }[]) {
         held.set(r.site, r.held)
       }
-      encodeChanges(encoder, tables, this.#sites, since, scanFloor(held, since), onProgress, !snapshot)
-      const vector = announcedVector(this.db, this.siteId, this.#vector(), since, snapshot)
-      return { payload: encoder.finish(vector, since, this.#clock), rows: encoder.rows }
+      // A receiver that has seen less than the compaction floor may hold rows whose
+      // deletion is gone from here: it gets every live row (and the tombstones of tables
+      // that are never compacted), marked complete, and deletes what the payload lacks.
+      const complete = !snapshot && needsSnapshot(this.db, since)
+      const from = complete ? {} : since
+      const tombstones = snapshot ? () => false : complete ? (t: SyncedTable) => t.schema.rows !== 'causal' : undefined
+      encodeChanges(encoder, tables, this.#sites, from, scanFloor(held, from), onProgress, tombstones)
+      const vector = announcedVector(this.db, this.siteId, this.#vector(), from, snapshot || complete)
+      return { payload: encoder.finish(vector, from, this.#clock, complete), rows: encoder.rows }
     })
+  }
+
+  /**
+   * Drops the tombstones (metadata of deleted rows) that every peer this replica knows has
+   * seen, in 'causal' tables. A peer that has seen less, or one this replica never heard
+   * from, later gets a complete snapshot instead of a delta and still converges. Also runs
+   * on its own after imports once `autoCompact` deletions have accumulated.
+   */
+  compact(): CompactResult {
+    this.#open()
+    return this.#write(() => this.#compact())
+  }
+
+  #compact(): CompactResult {
+    this.#foldAll()
+    const floor = seenByAll(
+      this.#vector(),
+      readPeers(this.db).map((p) => p.vector),
+    )
+    const tombstones = dropTombstones(this.db, [...this.#tables.values()], floor)
+    if (tombstones > 0) raiseCompactionFloor(this.db, floor)
+    this.#deletesSinceCompact = 0
+    return { tombstones }
   }
 
   /** Merges a payload; atomic and idempotent. */
@@ -405,7 +458,7 @@ export class Replica {
       }
       let result: ReturnType<typeof applyPayload>
       try {
-        result = applyPayload(decoded, matched, known, onProgress)
+        result = applyPayload(decoded, matched, known, readCompactionFloor(this.db), onProgress)
       } finally {
         for (const t of guarded) t.setEchoGuard(false)
       }
@@ -416,6 +469,8 @@ export class Replica {
       for (const [t, keys] of result.revived) for (const pk of keys) t.logLocalInsert(pk)
       // Ordinary deletes with the capture triggers on: foreign-key actions apply as for any delete.
       for (const [t, keys] of result.killed) for (const pk of keys) t.deleteRowLocally(pk)
+      if (header.complete) this.#deleteMissing(decoded, result.conflicts)
+      this.#deletesSinceCompact += result.deleted
       this.#foldAll()
       this.#recordConflicts(result.conflicts)
       const held = cached(this.db, `UPDATE ${PREFIX}sites SET held = max(held, ?) WHERE idx = ?`)
@@ -430,6 +485,11 @@ export class Replica {
       }
       recordPeer(this.db, header.sender, header.vector)
       this.#setClock(Math.max(this.#clock, header.maxHlc))
+      // The snapshot's sender may have compacted deletions this replica never saw: below
+      // its vector, this replica too may now lack tombstones.
+      if (header.complete) raiseCompactionFloor(this.db, header.vector)
+      const auto = this.#options.autoCompact
+      if (auto !== false && this.#deletesSinceCompact >= auto) this.#compact()
       return { applied: result.applied, conflicts: result.conflicts.length }
     })
   }
@@ -653,6 +713,7 @@ export class Replica {
       const r = foldTable(t, this.siteId, clock)
       clock = r.clock
       folded += r.folded
+      this.#deletesSinceCompact += r.deleted
     }
     if (folded > 0) {
       this.#localWrites += folded
@@ -665,6 +726,36 @@ export class Replica {
     if (clock === this.#clock) return
     cached(this.db, `UPDATE ${PREFIX}state SET value = ? WHERE key = 'clock'`).run(clock)
     this.#clock = clock
+  }
+
+  /**
+   * A complete snapshot lacks rows its sender deleted: live rows here whose life its vector
+   * covers and that it does not hold are deleted as local writes; cells the sender had not
+   * seen go to the conflict log, as any update lost to a concurrent delete.
+   */
+  #deleteMissing(decoded: DecodedPayload, conflicts: ConflictRecord[]): void {
+    const { header } = decoded
+    for (const [t, keys] of rowsMissingFromSnapshot(this.db, decoded, this.#tables)) {
+      if (t.schema.rows !== 'causal') continue
+      for (const pk of keys as SqlValue[][]) {
+        const state = t.loadState(pk)
+        const values = t.readValues(pk)
+        state?.cells.forEach((cell, c) => {
+          if (!cell || cellCovered(header.vector, cell)) return
+          conflicts.push({
+            table: t.name,
+            pk,
+            column: t.schema.data[c]?.name as string,
+            kind: 'delete',
+            kept: null,
+            lost: (values?.[c] ?? null) as SqlValue,
+            keptStamp: { cl: cell.cl + 1, hlc: header.maxHlc, site: header.sender },
+            lostStamp: cell,
+          })
+        })
+        t.deleteRowLocally(pk)
+      }
+    }
   }
 
   #recordConflicts(conflicts: readonly ConflictRecord[]): void {

@@ -28,6 +28,8 @@ import { readValue, writeValue } from './values.js'
 
 export const PAYLOAD_MAGIC = new Uint8Array([0x43, 0x56, 0x52, 0x47]) // "CVRG"
 export const PAYLOAD_FORMAT = 2
+/** Header flag: the payload is a complete snapshot of the tables it lists. */
+const FLAG_COMPLETE = 1
 /** Format 1 (no column algorithms or row modes) is still read. */
 const OLDEST_FORMAT = 1
 const CHECKSUM_BYTES = 32
@@ -120,6 +122,12 @@ export interface PayloadHeader {
   /** Rows per table, parallel to `tables`. */
   readonly rowCounts: readonly number[]
   readonly chunkCount: number
+  /**
+   * The payload holds every live row of the tables it lists and no deleted ones: a live row
+   * of the receiver whose life `vector` covers and that the payload lacks was deleted by
+   * the sender, which may have compacted the deletion away.
+   */
+  readonly complete: boolean
 }
 
 /** Builds a payload chunk by chunk; only compressed chunks stay in memory. */
@@ -250,13 +258,17 @@ export class PayloadEncoder {
     this.#chunkCount++
   }
 
-  /** Writes header, chunks and checksum into one buffer. */
-  finish(vector: VersionVector, since: VersionVector, maxHlc: number): Uint8Array {
+  /**
+   * Writes header, chunks and checksum into one buffer. `complete` marks a payload that
+   * holds every live row of every table it lists (a snapshot): rows it lacks whose life its
+   * vector covers were deleted (see {@link PayloadHeader.complete}).
+   */
+  finish(vector: VersionVector, since: VersionVector, maxHlc: number, complete = false): Uint8Array {
     for (const site of Object.keys(vector)) this.#site(site)
     const h = new ByteWriter(256)
     h.bytes(PAYLOAD_MAGIC)
     h.byte(PAYLOAD_FORMAT)
-    h.byte(0)
+    h.byte(complete ? FLAG_COMPLETE : 0)
     h.uvarint(this.#sites.length)
     for (const site of this.#sites) h.bytes(hexToBytes(site))
     writeVector(h, vector, (s) => this.#site(s))
@@ -341,6 +353,8 @@ export class DecodedPayload {
       if (buf[i] !== PAYLOAD_MAGIC[i]) throw badPayload('not a sqlite-converge payload (bad magic)')
     }
     const format = buf[PAYLOAD_MAGIC.length]
+    const flags = buf[PAYLOAD_MAGIC.length + 1] as number
+    if (flags & ~FLAG_COMPLETE) throw badPayload('unknown header flags')
     if (format === undefined || format < OLDEST_FORMAT || format > PAYLOAD_FORMAT) {
       throw badPayload(`unsupported format version ${format}`)
     }
@@ -406,6 +420,7 @@ export class DecodedPayload {
       tables,
       rowCounts,
       chunkCount,
+      complete: (flags & FLAG_COMPLETE) !== 0,
     }
     return new DecodedPayload(header, buf, sites, r.position, end, codec)
   }
