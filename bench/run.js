@@ -6,6 +6,7 @@ import os from 'node:os'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
 import Database from 'better-sqlite3'
+import { openReplica } from 'sqlite-converge'
 import { generateRows, insertRows, openSynced, SCHEMA } from './workload.js'
 
 const ROWS = 100_000
@@ -81,6 +82,50 @@ function metadataBytes(db) {
     )
     .get()
   return row.bytes ?? 0
+}
+
+/** Bytes actually used (page size minus free space in pages) by the library's tables. */
+function metadataUsedBytes(db) {
+  const row = db
+    .prepare(
+      `SELECT sum(pgsize - unused) AS bytes FROM dbstat
+       WHERE name LIKE '\\_converge\\_%' ESCAPE '\\' OR name LIKE 'sqlite\\_autoindex\\_\\_converge\\_%' ESCAPE '\\'`,
+    )
+    .get()
+  return row.bytes ?? 0
+}
+
+/**
+ * Compaction: 200k rows, 100k of them deleted and the deletes seen by the only peer; the
+ * metadata bytes per live cell before and after compact().
+ */
+function measureCompaction(dir, rows) {
+  const open = (name) => {
+    const r = openReplica(path.join(dir, name), { autoCompact: false })
+    r.db.exec(SCHEMA)
+    r.enableSync('todos')
+    return r
+  }
+  const a = open('compact-a.db')
+  const b = open('compact-b.db')
+  insertRows(a.db, rows)
+  insertRows(a.db, generateRows(rows.length, rows.length))
+  b.importChanges(a.exportChanges(b.versionVector()))
+  a.db.exec(`DELETE FROM todos WHERE rowid IN (SELECT rowid FROM todos ORDER BY rowid LIMIT ${rows.length})`)
+  b.importChanges(a.exportChanges(b.versionVector()))
+  a.importChanges(b.exportChanges(a.versionVector()))
+  const liveCells = a.db.prepare('SELECT count(*) AS n FROM todos').get().n * 3
+  const before = metadataUsedBytes(a.db) / liveCells
+  const [compactMs, result] = timed(() => a.compact())
+  const after = metadataUsedBytes(a.db) / liveCells
+  a.close()
+  b.close()
+  return [
+    figure('metadata per live cell, 100k deletes', before, 'bytes', null, null),
+    figure('  after compact()', after, 'bytes', null, null),
+    figure('  compact() time', compactMs, 'ms', null, null),
+    figure('  tombstones dropped', result.tombstones, 'rows', null, null),
+  ]
 }
 
 /** Runs bench/big.js in a child process; its last stdout line is a JSON result. */
@@ -222,6 +267,8 @@ function run(dir) {
   replica.close()
   target.close()
 
+  progress('compaction...')
+  figures.push(...measureCompaction(dir, rows))
   if (!quick) figures.push(...measureBig(dir))
   return { figures, correctness }
 }

@@ -236,6 +236,14 @@ export function applyPayload(
         if (c?.parts) for (const p of c.parts) hold(p.site, p.hlc)
         else if (c) hold(c.site, c.hlc)
       }
+      // A life started by a replica without some of our columns: they hold their DEFAULT,
+      // written by the life's creation (every replica with the column agrees), so the life
+      // is whole when passed on. Counter columns have no such version and stay empty.
+      if (localOnly.length && isAlive(row.cl) && (local === null || row.cl > local.cl)) {
+        for (const c of localOnly) {
+          if (t.schema.data[c]?.algorithm === 'lww') cells[c] = { ...row.clStamp, prev: null }
+        }
+      }
       const incoming: RowState = {
         cl: row.cl,
         clStamp: row.clStamp,
@@ -286,7 +294,7 @@ export function applyPayload(
       } else if (!m.wasAlive && m.alive) {
         const present: number[] = []
         m.state.cells.forEach((c, i) => {
-          if (c !== null) present.push(i)
+          if (c !== null && !localOnly.includes(i)) present.push(i)
         })
         t.insertRow(
           row.pk,
