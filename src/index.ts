@@ -42,7 +42,7 @@ export {
   type SyncResult,
   type SyncTransport,
 } from './replica/replica.js'
-export type { TableOptions } from './replica/schema.js'
+export type { ColumnSpec, TableOptions } from './replica/schema.js'
 export { browserWebSocket, liveTransport, type WebSocketFactory, type WebSocketLike } from './sync/ws-session.js'
 export type { ScryptParams } from './wire/bundle.js'
 export type { PayloadCodec } from './wire/payload.js'

@@ -10,11 +10,11 @@
  */
 
 /** How a column merges. */
-export type ColumnAlgorithm = 'lww' | 'counter'
+export type ColumnAlgorithm = 'lww' | 'counter' | 'text'
 /** How a table's rows live and die. */
 export type RowMode = 'causal' | 'add-wins' | 'delete-wins' | 'grow-only'
 
-export const COLUMN_ALGORITHMS: readonly ColumnAlgorithm[] = ['lww', 'counter']
+export const COLUMN_ALGORITHMS: readonly ColumnAlgorithm[] = ['lww', 'counter', 'text']
 export const ROW_MODES: readonly RowMode[] = ['causal', 'add-wins', 'delete-wins', 'grow-only']
 
 /** A counter value: bigint for INTEGER, number for REAL (as SqlValue). */

@@ -5,6 +5,7 @@
  * takes the later write, ties broken by site id.
  */
 import { type CounterPart, joinParts, newestPart } from './algorithms.js'
+import { joinBlocks, type TextBlock } from './text.js'
 import { covers, type VersionVector } from './version-vector.js'
 
 /** Who wrote a cell version, and when. */
@@ -26,6 +27,16 @@ export interface CellStamp extends Stamp {
    * and `prev` is null. See algorithms.ts.
    */
   readonly parts?: readonly CounterPart[]
+  /**
+   * Text cells only: every block the cell ever held in this row life (sorted by position);
+   * the stamp is the latest write's and `prev` is null. See text.ts.
+   */
+  readonly blocks?: readonly TextBlock[]
+}
+
+/** A text cell of row life `cl` holding `blocks`, stamped by its latest write. */
+export function textCell(cl: number, blocks: readonly TextBlock[], stamp: { hlc: number; site: string }): CellStamp {
+  return { cl, hlc: stamp.hlc, site: stamp.site, prev: null, blocks }
 }
 
 /** A counter cell of row life `cl` holding `parts` (non-empty, sorted by site). */
@@ -44,6 +55,7 @@ export function compareStamps(a: Stamp, b: Stamp): number {
 /** True when `vector` covers every version a cell carries (for a counter: every part). */
 export function cellCovered(vector: VersionVector, cell: CellStamp): boolean {
   if (cell.parts) return cell.parts.every((p) => covers(vector, p.site, p.hlc))
+  if (cell.blocks && !cell.blocks.every((b) => covers(vector, b.site, b.hlc))) return false
   return covers(vector, cell.site, cell.hlc)
 }
 
@@ -324,6 +336,16 @@ export function mergeRow(local: RowState | null, incoming: RowState): RowMerge {
       const parts = joinParts(cur.parts, inc.parts)
       if (parts !== cur.parts) {
         cells[c] = counterCell(localCl, parts)
+        won.push(c)
+      }
+      continue
+    }
+    if (inc.blocks && cur?.blocks) {
+      // Text cells: blocks join by position, each block last-writer-wins on its own.
+      const blocks = joinBlocks(cur.blocks, inc.blocks)
+      const later = compareStamps(inc, cur) > 0
+      if (blocks !== cur.blocks || later) {
+        cells[c] = textCell(localCl, blocks, later ? inc : cur)
         won.push(c)
       }
       continue

@@ -16,6 +16,7 @@ import {
   type RowState,
   type Stamp,
 } from '../core/merge.js'
+import { textValue } from '../core/text.js'
 import type { SqlValue } from '../core/values.js'
 import { covers, type VersionVector } from '../core/version-vector.js'
 import type { DecodedPayload, WireTable } from '../wire/payload.js'
@@ -131,6 +132,11 @@ export function schemaDifference(local: TableSchema, wt: WireTable): string | nu
     if (!r) continue
     if (r.affinity !== c.affinity) differing.push(`${c.name} (${c.affinity} here, ${r.affinity} there)`)
     else if (r.algorithm !== c.algorithm) differing.push(`${c.name} ('${c.algorithm}' here, '${r.algorithm}' there)`)
+    else if (r.delimiter !== c.delimiter) {
+      differing.push(
+        `${c.name} (text blocks split by ${JSON.stringify(c.delimiter)} here, ${JSON.stringify(r.delimiter)} there)`,
+      )
+    }
   }
   return differing.length ? `columns of another type: ${differing.join(', ')}` : null
 }
@@ -142,6 +148,7 @@ function remoteColumns(wt: WireTable): ColumnInfo[] {
     affinity: wt.affinities[j] as ColumnInfo['affinity'],
     notNull: false,
     algorithm: wt.algorithms[j] ?? 'lww',
+    ...(wt.algorithms[j] === 'text' && { delimiter: wt.delimiters[j] }),
   }))
 }
 
@@ -281,6 +288,10 @@ export function applyPayload(
       for (const c of t.counters) {
         const parts = m.state.cells[c]?.parts
         if (parts) values[c] = sumParts(parts)
+      }
+      for (const c of t.texts) {
+        const blocks = m.state.cells[c]?.blocks
+        if (blocks) values[c] = textValue(blocks, t.schema.data[c]?.delimiter as string)
       }
       // add-wins: a row edited here without its deleter having seen the edit survives the
       // deletion; the caller re-inserts it as a local write (a new life that wins everywhere).

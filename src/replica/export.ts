@@ -24,6 +24,7 @@ export function wireTable(t: SyncedTable): WireTable {
     columns: cols.map((c) => c.name),
     affinities: cols.map((c) => c.affinity),
     algorithms: cols.map((c) => c.algorithm),
+    delimiters: cols.map((c) => (c.algorithm === 'text' ? (c.delimiter as string) : '')),
     rows: t.schema.rows,
   }
 }

@@ -6,7 +6,8 @@
  */
 import { withOwnPart } from '../core/algorithms.js'
 import { nextHlc } from '../core/hlc.js'
-import { counterCell, isAlive, localDelete, localInsert, localUpdate, type RowState } from '../core/merge.js'
+import { counterCell, isAlive, localDelete, localInsert, localUpdate, type RowState, textCell } from '../core/merge.js'
+import { editBlocks } from '../core/text.js'
 import type { SqlValue } from '../core/values.js'
 import { MASK_BITS, maskWords } from './metadata.js'
 import type { SyncedTable } from './synced-table.js'
@@ -125,7 +126,9 @@ export function foldTable(
     }
     items.forEach((item, i) => {
       if (item.state === null) return
-      if (table.counters.length) item.state = foldCounters(table, item.pk, before[i] ?? null, item.state, site)
+      if (table.counters.length || table.texts.length) {
+        item.state = foldMergeable(table, item.pk, before[i] ?? null, item.state, site)
+      }
       table.saveState(item.pk, item.state, known[i])
     })
     folded += batch.length
@@ -135,12 +138,13 @@ export function foldTable(
 }
 
 /**
- * Counter columns written by local operations: the local site's part becomes whatever makes
- * the parts sum to the value the app left in the row. Cells the operations rewrote are
- * plain stamps (no parts); the other sites' parts come from the state before this batch
- * when the row is still in the same life.
+ * Counter and text columns written by local operations. Cells the operations rewrote are
+ * plain stamps (no parts or blocks); what the other sites contributed comes from the state
+ * before this batch when the row is still in the same life. A counter's local part becomes
+ * whatever makes the parts sum to the value the app left in the row; a text cell's blocks
+ * follow the new text (a line diff against the old live blocks).
  */
-function foldCounters(
+function foldMergeable(
   table: SyncedTable,
   pk: readonly SqlValue[],
   before: RowState | null,
@@ -158,6 +162,16 @@ function foldCounters(
     const current = typeof v === 'bigint' || typeof v === 'number' ? v : 0n
     const base = before !== null && before.cl === state.cl ? (before.cells[c]?.parts ?? []) : []
     cells[c] = counterCell(state.cl, withOwnPart(base, site, cell.hlc, current))
+  }
+  for (const c of table.texts) {
+    const cell = cells[c]
+    if (!cell || cell.blocks) continue
+    values ??= table.readValues(pk)
+    const v = values?.[c]
+    const text = typeof v === 'string' ? v : null
+    const base = before !== null && before.cl === state.cl ? (before.cells[c]?.blocks ?? []) : []
+    const delimiter = table.schema.data[c]?.delimiter as string
+    cells[c] = textCell(state.cl, editBlocks(base, text, delimiter, cell.hlc, site), cell)
   }
   return { ...state, cells }
 }

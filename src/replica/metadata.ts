@@ -6,7 +6,8 @@
  */
 import type { CounterPart } from '../core/algorithms.js'
 import type { CellStamp, RowState, Stamp } from '../core/merge.js'
-import { counterCell, isAlive } from '../core/merge.js'
+import { counterCell, isAlive, textCell } from '../core/merge.js'
+import type { PositionLevel, TextBlock } from '../core/text.js'
 import type { SqliteDatabase, SqliteStatement } from '../driver/types.js'
 import { ByteReader, ByteWriter } from '../wire/bytes.js'
 import { readValue, writeValue } from '../wire/values.js'
@@ -137,6 +138,7 @@ const F_PRESENT = 1
 const F_ROW_STAMP = 2
 const F_PREV = 4
 const F_PARTS = 8
+const F_BLOCKS = 16
 /** First byte of a live row's blob that starts with the deletions its life followed (delete-wins tables). */
 const F_DELETIONS = 0x80
 
@@ -180,6 +182,28 @@ export function decodeRow(stored: StoredRow, dataCount: number, sites: SiteTable
     const flags = r.remaining ? r.byte() : 0
     if (!(flags & F_PRESENT)) {
       cells[c] = null
+      continue
+    }
+    if (flags & F_BLOCKS) {
+      let hlc = clh
+      let site = clSite
+      if (!(flags & F_ROW_STAMP)) {
+        hlc = clh + r.svarint()
+        site = sites.hex(r.uvarint())
+      }
+      const blocks: TextBlock[] = []
+      for (let k = r.uvarint(); k > 0; k--) {
+        const pos: PositionLevel[] = []
+        for (let l = r.uvarint(); l > 0; l--) {
+          const digit = r.uvarint()
+          const idx = r.uvarint()
+          pos.push([digit, idx === 0 ? '' : sites.hex(idx - 1)])
+        }
+        const bhlc = clh + r.svarint()
+        const bsite = sites.hex(r.uvarint())
+        blocks.push({ pos, hlc: bhlc, site: bsite, text: r.byte() ? r.string() : null })
+      }
+      cells[c] = textCell(cl, blocks, { hlc, site })
       continue
     }
     if (flags & F_PARTS) {
@@ -241,7 +265,9 @@ export function encodeRow(state: RowState, sites: SiteTable): [number, number, n
       continue
     }
     if (cell.hlc > max) max = cell.hlc
-    if (cell.hlc !== clStamp.hlc || cell.site !== clStamp.site || cell.prev !== null || cell.parts) uniform = false
+    if (cell.hlc !== clStamp.hlc || cell.site !== clStamp.site || cell.prev !== null || cell.parts || cell.blocks) {
+      uniform = false
+    }
   }
   const head: [number, number, number, number] = [cl, clStamp.hlc, sites.idx(clStamp.site), max - clStamp.hlc]
   if (!isAlive(cl)) {
@@ -268,6 +294,30 @@ export function encodeRow(state: RowState, sites: SiteTable): [number, number, n
   for (const cell of state.cells) {
     if (cell === null) {
       w.byte(0)
+      continue
+    }
+    if (cell.blocks) {
+      const same = cell.hlc === clStamp.hlc && cell.site === clStamp.site
+      w.byte(F_PRESENT | F_BLOCKS | (same ? F_ROW_STAMP : 0))
+      if (!same) {
+        w.svarint(cell.hlc - clStamp.hlc)
+        w.uvarint(sites.idx(cell.site))
+      }
+      w.uvarint(cell.blocks.length)
+      for (const b of cell.blocks) {
+        w.uvarint(b.pos.length)
+        for (const [digit, site] of b.pos) {
+          w.uvarint(digit)
+          w.uvarint(site === '' ? 0 : sites.idx(site) + 1)
+        }
+        w.svarint(b.hlc - clStamp.hlc)
+        w.uvarint(sites.idx(b.site))
+        if (b.text === null) w.byte(0)
+        else {
+          w.byte(1)
+          w.string(b.text)
+        }
+      }
       continue
     }
     if (cell.parts) {

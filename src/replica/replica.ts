@@ -36,7 +36,14 @@ import { encodeChanges, scanFloor, wireTable } from './export.js'
 import { foldTable } from './fold.js'
 import { keyColumns, logTable, METADATA_DDL, maskWords, PREFIX, perTableDdl, SiteTable } from './metadata.js'
 import { columnsJson, reconcileTable, type StoredTable, triggersDigest } from './migrate.js'
-import { checkTableOptions, childrenFirst, readTableSchema, type TableOptions, type TableSchema } from './schema.js'
+import {
+  checkTableOptions,
+  childrenFirst,
+  columnAlgorithm,
+  readTableSchema,
+  type TableOptions,
+  type TableSchema,
+} from './schema.js'
 import { NOW_MS_SQL, quoteId } from './sql.js'
 import { cached } from './statements.js'
 import { SyncedTable } from './synced-table.js'
@@ -314,16 +321,16 @@ export class Replica {
       }
       const schema = readTableSchema(this.db, table, wanted)
       for (const c of schema.data) {
-        if (c.algorithm !== 'counter') continue
+        if (c.algorithm === 'lww') continue
+        const types = c.algorithm === 'counter' ? `'integer', 'real'` : `'text', 'null'`
         const bad = this.db
-          .prepare(
-            `SELECT count(*) AS n FROM ${quoteId(table)} WHERE typeof(${quoteId(c.name)}) NOT IN ('integer', 'real')`,
-          )
+          .prepare(`SELECT count(*) AS n FROM ${quoteId(table)} WHERE typeof(${quoteId(c.name)}) NOT IN (${types})`)
           .get() as { n: number }
         if (bad.n > 0) {
+          const what = c.algorithm === 'counter' ? 'INTEGER or REAL' : 'TEXT or NULL'
           throw new ConvergeError(
             'BAD_ARGUMENT',
-            `counter column ${c.name} of ${table} holds ${bad.n} value(s) that are not INTEGER or REAL; set them to a number first`,
+            `${c.algorithm} column ${c.name} of ${table} holds ${bad.n} value(s) that are not ${what}; convert them first`,
             { table, column: c.name, rows: bad.n },
           )
         }
@@ -837,7 +844,11 @@ export class Replica {
 /** Refuses to re-enable a synced table with other options than it has. */
 function checkSameOptions(schema: TableSchema, wanted: Required<TableOptions>): void {
   const mismatch =
-    schema.rows !== wanted.rows || schema.data.some((c) => c.algorithm !== (wanted.columns[c.name] ?? 'lww'))
+    schema.rows !== wanted.rows ||
+    schema.data.some((c) => {
+      const w = columnAlgorithm(wanted.columns[c.name])
+      return c.algorithm !== w.algorithm || c.delimiter !== w.delimiter
+    })
   if (mismatch) {
     throw new ConvergeError(
       'BAD_ARGUMENT',

@@ -2,6 +2,7 @@
 import { sha256 } from '@noble/hashes/sha2.js'
 import { COLUMN_ALGORITHMS, type ColumnAlgorithm, ROW_MODES, type RowMode } from '../core/algorithms.js'
 import { ConvergeError } from '../core/errors.js'
+import { DEFAULT_DELIMITER } from '../core/text.js'
 import type { SqliteDatabase } from '../driver/types.js'
 import { quoteString } from './sql.js'
 
@@ -17,12 +18,17 @@ export interface ColumnInfo {
   readonly dflt?: string | null
   /** How the column merges (key columns: always 'lww'). */
   readonly algorithm: ColumnAlgorithm
+  /** Text columns: the string that separates blocks (default a newline). */
+  readonly delimiter?: string
 }
+
+/** A column's algorithm in `enableSync` options: its name, or for text, with a delimiter. */
+export type ColumnSpec = ColumnAlgorithm | { algorithm: 'text'; delimiter?: string }
 
 /** Per-table sync options of `enableSync`. */
 export interface TableOptions {
   /** Column algorithms other than last-writer-wins, by column name. */
-  columns?: Record<string, ColumnAlgorithm>
+  columns?: Record<string, ColumnSpec>
   /** How rows live and die (default 'causal'). */
   rows?: RowMode
 }
@@ -67,6 +73,13 @@ interface PragmaColumn {
   pk: number
 }
 
+/** The algorithm (and text delimiter) a column spec stands for. */
+export function columnAlgorithm(spec: ColumnSpec | undefined): Pick<ColumnInfo, 'algorithm' | 'delimiter'> {
+  if (spec === undefined) return { algorithm: 'lww' }
+  if (typeof spec === 'object') return { algorithm: 'text', delimiter: spec.delimiter ?? DEFAULT_DELIMITER }
+  return spec === 'text' ? { algorithm: 'text', delimiter: DEFAULT_DELIMITER } : { algorithm: spec }
+}
+
 /** Checks `enableSync` options; returns them with defaults filled in. */
 export function checkTableOptions(table: string, options: unknown): Required<TableOptions> {
   const bad = (why: string) => new ConvergeError('BAD_ARGUMENT', `enableSync('${table}'): ${why}`, { table })
@@ -77,8 +90,16 @@ export function checkTableOptions(table: string, options: unknown): Required<Tab
   if (unknown.length) throw bad(`unknown option ${unknown.join(', ')}`)
   if (!ROW_MODES.includes(rows)) throw bad(`rows must be one of ${ROW_MODES.join(', ')}`)
   if (typeof columns !== 'object' || columns === null) throw bad('columns must be an object')
-  for (const [name, algorithm] of Object.entries(columns)) {
-    if (!COLUMN_ALGORITHMS.includes(algorithm)) {
+  for (const [name, spec] of Object.entries(columns)) {
+    if (typeof spec === 'object' && spec !== null) {
+      const { algorithm, delimiter, ...other } = spec as { algorithm: unknown; delimiter?: unknown }
+      if (algorithm !== 'text' || Object.keys(other).length) {
+        throw bad(`column ${name}: an object spec is { algorithm: 'text', delimiter?: string }`)
+      }
+      if (delimiter !== undefined && (typeof delimiter !== 'string' || delimiter === '')) {
+        throw bad(`column ${name}: the text delimiter must be a non-empty string`)
+      }
+    } else if (!COLUMN_ALGORITHMS.includes(spec as ColumnAlgorithm)) {
       throw bad(`column ${name}: algorithm must be one of ${COLUMN_ALGORITHMS.join(', ')}`)
     }
   }
@@ -105,7 +126,7 @@ export function readTableSchema(
     affinity: affinityOf(c.type),
     notNull: c.notnull === 1,
     dflt: c.dflt_value,
-    algorithm: c.pk > 0 ? 'lww' : (options.columns[c.name] ?? 'lww'),
+    ...columnAlgorithm(c.pk > 0 ? undefined : options.columns[c.name]),
   })
   const pk = rows
     .filter((c) => c.pk > 0)
@@ -193,7 +214,10 @@ export function childrenFirst<T extends { schema: TableSchema }>(tables: readonl
 }
 
 /** What the schema hash covers of a column. */
-export type HashedColumn = Pick<ColumnInfo, 'name' | 'affinity'> & { readonly algorithm?: ColumnAlgorithm }
+export type HashedColumn = Pick<ColumnInfo, 'name' | 'affinity'> & {
+  readonly algorithm?: ColumnAlgorithm
+  readonly delimiter?: string
+}
 
 /**
  * Hash of what must agree between replicas: table name, key columns in key order, and the
@@ -209,7 +233,11 @@ export function schemaHash(
 ): Uint8Array {
   const sorted = [...data].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0))
   const col = (c: HashedColumn) =>
-    c.algorithm && c.algorithm !== 'lww' ? [c.name, c.affinity, c.algorithm] : [c.name, c.affinity]
+    c.algorithm === 'text'
+      ? [c.name, c.affinity, c.algorithm, c.delimiter ?? DEFAULT_DELIMITER]
+      : c.algorithm && c.algorithm !== 'lww'
+        ? [c.name, c.affinity, c.algorithm]
+        : [c.name, c.affinity]
   const parts: unknown[] = [table, pk.map((c) => [c.name, c.affinity]), sorted.map(col)]
   if (rows !== 'causal') parts.push(rows)
   const canonical = JSON.stringify(parts)

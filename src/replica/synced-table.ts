@@ -33,6 +33,8 @@ export class SyncedTable {
   readonly schema: TableSchema
   /** Data column indexes of counter columns. */
   readonly counters: readonly number[]
+  /** Data column indexes of text columns. */
+  readonly texts: readonly number[]
   readonly #db: SqliteDatabase
   readonly #sites: SiteTable
   readonly #getRow: SqliteStatement
@@ -66,6 +68,7 @@ export class SyncedTable {
     this.id = id
     this.schema = schema
     this.counters = schema.data.flatMap((c, i) => (c.algorithm === 'counter' ? [i] : []))
+    this.texts = schema.data.flatMap((c, i) => (c.algorithm === 'text' ? [i] : []))
     const keys = keyColumns(schema.pk.length)
     const keyMatch = keys.map((k) => `${k} = ?`).join(' AND ')
     const table = quoteId(schema.name)
@@ -121,8 +124,8 @@ export class SyncedTable {
    * when the log does not qualify (the caller then folds row by row).
    */
   foldFreshInserts(base: number): { clock: number; folded: number } | null {
-    // Counter cells carry per-site parts that a uniform metadata row cannot hold.
-    if (this.counters.length) return null
+    // Counter and text cells carry parts and blocks that a uniform metadata row cannot hold.
+    if (this.counters.length || this.texts.length) return null
     const keys = keyColumns(this.schema.pk.length).join(', ')
     const log = logTable(this.id)
     const other = this.#db.prepare(`SELECT min(seq) AS s FROM ${log} WHERE op <> ${OP_INSERT}`).get() as {

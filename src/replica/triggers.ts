@@ -80,15 +80,28 @@ function raise(message: string): string {
   return `SELECT RAISE(ABORT, ${quoteString(`sqlite-converge: ${message}`)})`
 }
 
-/** Counter columns hold INTEGER or REAL: anything else is refused before it is written. */
+/**
+ * Counter columns hold INTEGER or REAL, text columns TEXT or NULL: anything else is
+ * refused before it is written.
+ */
 function counterTriggers(id: number, schema: TableSchema): string {
   const counters = schema.data.filter((c) => c.algorithm === 'counter')
-  if (counters.length === 0) return ''
+  const texts = schema.data.filter((c) => c.algorithm === 'text')
+  if (counters.length === 0 && texts.length === 0) return ''
   const table = quoteId(schema.name)
-  const notNumber = counters.map((c) => `typeof(NEW.${quoteId(c.name)}) NOT IN ('integer', 'real')`).join(' OR ')
-  const message = raise(
-    `counter column${counters.length > 1 ? 's' : ''} ${counters.map((c) => c.name).join(', ')} of ${schema.name} only take INTEGER or REAL values`,
-  )
+  const notNumber = [
+    ...counters.map((c) => `typeof(NEW.${quoteId(c.name)}) NOT IN ('integer', 'real')`),
+    ...texts.map((c) => `typeof(NEW.${quoteId(c.name)}) NOT IN ('text', 'null')`),
+  ].join(' OR ')
+  const names = (cols: typeof counters) => cols.map((c) => c.name).join(', ')
+  const rules = [
+    counters.length
+      ? `counter column${counters.length > 1 ? 's' : ''} ${names(counters)} take INTEGER or REAL values`
+      : '',
+    texts.length ? `text column${texts.length > 1 ? 's' : ''} ${names(texts)} take TEXT or NULL` : '',
+  ]
+  const message = raise(`in ${schema.name}, ${rules.filter(Boolean).join('; ')}`)
+
   return `
 CREATE TRIGGER IF NOT EXISTS ${triggerName(id, 'cins')} BEFORE INSERT ON ${table} WHEN ${notNumber} BEGIN
   ${message};

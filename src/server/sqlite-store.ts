@@ -1,14 +1,13 @@
 /** The SQLite store: one replica file per database, `DATA/NAME.db`. */
 import { existsSync, mkdirSync, readdirSync } from 'node:fs'
 import { join } from 'node:path'
-import type { ColumnAlgorithm } from '../core/algorithms.js'
 import { ConvergeError } from '../core/errors.js'
 import type { VersionVector } from '../core/version-vector.js'
 import { openReplica, type Replica } from '../index.js'
 import { nodeCodec } from '../platform/node-codec.js'
 import { schemaDifference } from '../replica/apply.js'
 import { PREFIX } from '../replica/metadata.js'
-import { affinityOf, schemaHash, type TableOptions } from '../replica/schema.js'
+import { affinityOf, type ColumnSpec, schemaHash, type TableOptions } from '../replica/schema.js'
 import { quoteId } from '../replica/sql.js'
 import { DecodedPayload, type WireTable } from '../wire/payload.js'
 import type { AppliedPayload, ExportedPayload, StoreDatabase, SyncStore } from './store.js'
@@ -188,6 +187,7 @@ function checkWireTable(wt: WireTable): void {
     name,
     affinity: affinityOf(wt.affinities[j] as string),
     algorithm: wt.algorithms[j],
+    ...(wt.algorithms[j] === 'text' && { delimiter: wt.delimiters[j] }),
   }))
   if (!sameBytes(schemaHash(wt.name, cols.slice(0, wt.pkCount), cols.slice(wt.pkCount), wt.rows), wt.hash)) {
     throw bad('does not match its schema hash')
@@ -196,10 +196,11 @@ function checkWireTable(wt: WireTable): void {
 
 /** The sync options of a client table, as the server enables its copy. */
 function tableOptions(wt: WireTable): TableOptions {
-  const columns: Record<string, ColumnAlgorithm> = {}
+  const columns: Record<string, ColumnSpec> = {}
   wt.columns.forEach((name, j) => {
     const algorithm = wt.algorithms[j] ?? 'lww'
-    if (algorithm !== 'lww') columns[name] = algorithm
+    if (algorithm === 'text') columns[name] = { algorithm, delimiter: wt.delimiters[j] as string }
+    else if (algorithm !== 'lww') columns[name] = algorithm
   })
   return { columns, rows: wt.rows }
 }

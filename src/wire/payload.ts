@@ -20,7 +20,8 @@ import {
   sumParts,
 } from '../core/algorithms.js'
 import { ConvergeError } from '../core/errors.js'
-import { type CellStamp, compareStamps, counterCell, type Stamp } from '../core/merge.js'
+import { type CellStamp, compareStamps, counterCell, type Stamp, textCell } from '../core/merge.js'
+import { normalizeBlocks, POSITION_BASE, type PositionLevel, type TextBlock, textValue } from '../core/text.js'
 import type { SqlValue } from '../core/values.js'
 import type { VersionVector } from '../core/version-vector.js'
 import { ByteReader, ByteWriter, badPayload } from './bytes.js'
@@ -76,6 +77,8 @@ const F_ROW_STAMP = 2
 const F_PREV = 4
 /** A counter cell: its parts follow instead of a stamp and a value. */
 const F_PARTS = 8
+/** A text cell: its blocks follow its stamp, instead of a value. */
+const F_BLOCKS = 16
 
 /** A table as the payload describes it. */
 export interface WireTable {
@@ -90,6 +93,8 @@ export interface WireTable {
   readonly affinities: readonly string[]
   /** Column algorithms, parallel to `columns` (key columns: 'lww'). */
   readonly algorithms: readonly ColumnAlgorithm[]
+  /** Block delimiters of text columns, parallel to `columns` ('' for other columns). */
+  readonly delimiters: readonly string[]
   /** The table's row mode. */
   readonly rows: RowMode
 }
@@ -213,6 +218,30 @@ export class PayloadEncoder {
           w.byte(0)
           continue
         }
+        if (s.blocks) {
+          const sameAsRow = s.hlc === row.clStamp.hlc && s.site === row.clStamp.site
+          w.byte(F_PRESENT | F_BLOCKS | (sameAsRow ? F_ROW_STAMP : 0))
+          if (!sameAsRow) {
+            w.svarint(s.hlc - row.clStamp.hlc)
+            w.uvarint(this.#site(s.site))
+          }
+          w.uvarint(s.blocks.length)
+          for (const b of s.blocks) {
+            w.uvarint(b.pos.length)
+            for (const [digit, site] of b.pos) {
+              w.uvarint(digit)
+              w.uvarint(site === '' ? 0 : this.#site(site) + 1)
+            }
+            w.svarint(b.hlc - row.clStamp.hlc)
+            w.uvarint(this.#site(b.site))
+            if (b.text === null) w.byte(0)
+            else {
+              w.byte(1)
+              w.string(b.text)
+            }
+          }
+          continue
+        }
         if (s.parts) {
           w.byte(F_PRESENT | F_PARTS)
           w.uvarint(s.parts.length)
@@ -289,6 +318,7 @@ export class PayloadEncoder {
         h.string(c)
         h.string(t.affinities[j] as string)
         h.string(t.algorithms[j] as string)
+        if (t.algorithms[j] === 'text') h.string(t.delimiters[j] as string)
       })
       h.string(t.rows)
       h.uvarint(this.#rowCounts[i] as number)
@@ -395,6 +425,7 @@ export class DecodedPayload {
       const columns: string[] = []
       const affinities: string[] = []
       const algorithms: ColumnAlgorithm[] = []
+      const delimiters: string[] = []
       for (let j = 0; j < colCount; j++) {
         columns.push(r.string())
         affinities.push(r.string())
@@ -403,11 +434,14 @@ export class DecodedPayload {
           throw badPayload(`table ${name}: unknown column algorithm`)
         }
         algorithms.push(algorithm)
+        const delimiter = algorithm === 'text' ? r.string() : ''
+        if (algorithm === 'text' && delimiter === '') throw badPayload(`table ${name}: empty text delimiter`)
+        delimiters.push(delimiter)
       }
       const rows = format === 1 ? 'causal' : (r.string() as RowMode)
       if (!ROW_MODES.includes(rows)) throw badPayload(`table ${name}: unknown row mode`)
       if (new Set(columns).size !== columns.length) throw badPayload(`table ${name}: duplicate column`)
-      tables.push({ name, hash, pkCount, columns, affinities, algorithms, rows })
+      tables.push({ name, hash, pkCount, columns, affinities, algorithms, delimiters, rows })
       rowCounts.push(r.uvarint())
     }
     if (new Set(tables.map((t) => t.name)).size !== tables.length) throw badPayload('duplicate table')
@@ -541,16 +575,46 @@ export class DecodedPayload {
           row.values.push(null)
           continue
         }
-        const counter = t.algorithms[t.pkCount + c] === 'counter'
-        if (
-          counter
-            ? flags !== (F_PRESENT | F_PARTS)
-            : flags & ~(F_PRESENT | F_ROW_STAMP | F_PREV) || !(flags & F_PRESENT)
-        ) {
-          throw badPayload('bad cell flags')
-        }
+        const algorithm = t.algorithms[t.pkCount + c]
+        const counter = algorithm === 'counter'
+        const text = algorithm === 'text'
+        const valid = counter
+          ? flags === (F_PRESENT | F_PARTS)
+          : text
+            ? (flags & ~F_ROW_STAMP) === (F_PRESENT | F_BLOCKS)
+            : (flags & ~(F_PRESENT | F_ROW_STAMP | F_PREV)) === 0 && (flags & F_PRESENT) !== 0
+        if (!valid) throw badPayload('bad cell flags')
         if (row.cl % 2 === 0) throw badPayload('cell on a deleted row')
         const cl = row.cl
+        if (text) {
+          let hlc = row.clStamp.hlc
+          let site = row.clStamp.site
+          if (!(flags & F_ROW_STAMP)) {
+            hlc = this.#hlc(row.clStamp.hlc + s.svarint())
+            site = this.#siteAt(s.uvarint())
+          }
+          const blocks: TextBlock[] = []
+          for (let k = s.count(4); k > 0; k--) {
+            const levels = s.count(2)
+            if (levels === 0) throw badPayload('empty text position')
+            const pos: PositionLevel[] = []
+            for (let l = 0; l < levels; l++) {
+              const digit = s.uvarint()
+              const idx = s.uvarint()
+              if (digit >= POSITION_BASE) throw badPayload('text position digit out of range')
+              pos.push([digit, idx === 0 ? '' : this.#siteAt(idx - 1)])
+            }
+            const bhlc = this.#hlc(row.clStamp.hlc + s.svarint())
+            const bsite = this.#siteAt(s.uvarint())
+            const live = s.byte()
+            if (live > 1) throw badPayload('bad text block flag')
+            blocks.push({ pos, text: live ? s.string() : null, hlc: bhlc, site: bsite })
+          }
+          if (!normalizeBlocks(blocks)) throw badPayload('text cell repeats a position')
+          row.stamps.push(textCell(cl, blocks, { hlc, site }))
+          row.values.push(textValue(blocks, t.delimiters[t.pkCount + c] as string))
+          continue
+        }
         if (counter) {
           const parts: CounterPart[] = []
           const count = s.count(3)
