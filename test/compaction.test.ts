@@ -77,7 +77,8 @@ describe('compact()', () => {
     sync(a, b)
     sync(b, a)
     // a forgets the peer that went away (it never synced since), then compacts.
-    a.db.prepare('DELETE FROM _converge_peers WHERE site = ?').run(back.siteId)
+    expect(a.forgetPeer(back.siteId)).toBe(true)
+    expect(a.forgetPeer(back.siteId)).toBe(false)
     expect(a.compact().tombstones).toBe(5)
     const payload = a.exportChanges(back.versionVector())
     // The payload holds every live row and no tombstones; the stale peer deletes what it lacks.

@@ -2,7 +2,15 @@
 import { existsSync, readFileSync } from 'node:fs'
 import { dirname } from 'node:path'
 import { Argument, Command, InvalidArgumentError, Option } from 'commander'
-import { type BundleImportResult, type Conflict, isConvergeError, openReplica, type Replica } from '../index.js'
+import {
+  type BundleImportResult,
+  type ColumnAlgorithm,
+  type Conflict,
+  isConvergeError,
+  openReplica,
+  type Replica,
+  type RowMode,
+} from '../index.js'
 import { readPrivateKey, readPublicKey, writeKeyPair } from './keys.js'
 import { CliError, jsonValue, printJson, showValue } from './output.js'
 import { askPassword, readPasswordFile } from './password.js'
@@ -33,12 +41,34 @@ export function buildProgram(): Command {
     .description('enable sync on tables (idempotent); each needs a primary key')
     .argument('<db>', 'database file')
     .argument('<table...>', 'tables to sync')
-    .action((db: string, tables: string[]) =>
+    .option('--counter <column>', 'merge this column as a counter (repeatable)', collect, [])
+    .option('--text <column>', 'merge this column as block-level text, by lines (repeatable)', collect, [])
+    .option('--rows <mode>', 'row mode: causal, add-wins, delete-wins or grow-only')
+    .action((db: string, tables: string[], opts: { counter?: string[]; text?: string[]; rows?: RowMode }) =>
       withReplica(db, {}, (r) => {
+        const columns: Record<string, ColumnAlgorithm> = {}
+        for (const c of opts.counter ?? []) columns[c] = 'counter'
+        for (const c of opts.text ?? []) columns[c] = 'text'
+        const custom = Object.keys(columns).length > 0 || opts.rows !== undefined
         for (const table of tables) {
-          r.enableSync(table)
+          r.enableSync(table, custom ? { columns, ...(opts.rows && { rows: opts.rows }) } : undefined)
           console.log(`syncing ${table}`)
         }
+      }),
+    )
+
+  program
+    .command('compact')
+    .description('drop the tombstones every known peer has seen')
+    .argument('<db>', 'database file')
+    .option('--forget <site>', 'stop waiting for this peer first (repeatable)', collect, [])
+    .option('--json', 'print JSON: { "tombstones": n, "forgotten": [...] }')
+    .action((db: string, opts: { forget?: string[]; json?: boolean }) =>
+      withReplica(db, {}, (r) => {
+        const forgotten = (opts.forget ?? []).filter((site) => r.forgetPeer(site))
+        const { tombstones } = r.compact()
+        if (opts.json) printJson({ tombstones, forgotten })
+        else console.log(`dropped ${tombstones} tombstone${tombstones === 1 ? '' : 's'}`)
       }),
     )
 

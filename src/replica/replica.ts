@@ -523,6 +523,16 @@ export class Replica {
   }
 
   /**
+   * Stops waiting for a peer: {@link compact} no longer keeps tombstones it has not seen.
+   * If it comes back, it is sent a complete snapshot and still converges. Returns whether
+   * the peer was known.
+   */
+  forgetPeer(siteId: string): boolean {
+    this.#open()
+    return this.#write(() => cached(this.db, `DELETE FROM ${PREFIX}peers WHERE site = ?`).run(siteId).changes > 0)
+  }
+
+  /**
    * One sync round with a sync server (`http(s)://HOST:PORT/db/NAME`; `ws(s)://` is mapped
    * to http(s)): sends what the server lacks, merges its answer. Failures throw
    * `ConvergeError` with the server's code, or `NETWORK`.
