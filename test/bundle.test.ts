@@ -632,7 +632,8 @@ describe('damaged, truncated, duplicate and foreign bundles', () => {
     expect(b.importBundle(next)).toMatchObject({ duplicate: false, applied: 1 })
   })
 
-  it('a bundle of a table with other columns is SCHEMA_MISMATCH and changes nothing', () => {
+  it('a bundle of a table with a shared column of another type is SCHEMA_MISMATCH and changes nothing', () => {
+    // done is TEXT there and INTEGER here (a missing column alone would not be a mismatch).
     const a = replica(S[0], 'CREATE TABLE todos (id TEXT PRIMARY KEY, title TEXT, done TEXT)')
     const b = replica(S[1])
     conn(a).exec(`INSERT INTO todos VALUES ('x', 'milk', 'no')`)
@@ -676,8 +677,8 @@ describe('peers', () => {
     expect(b.peers()[0]?.vector).toEqual(newer)
     expect(b.peers()[0]?.vector).not.toEqual(vectorA)
     // A refused import is not recorded.
-    const stranger = replica(S[3], 'CREATE TABLE todos (id TEXT PRIMARY KEY)')
-    conn(stranger).exec(`INSERT INTO todos VALUES ('s')`)
+    const stranger = replica(S[3], 'CREATE TABLE todos (id TEXT PRIMARY KEY, title TEXT, done TEXT, data BLOB)')
+    conn(stranger).exec(`INSERT INTO todos VALUES ('s', 's', 'no', NULL)`)
     expect(codeOf(() => b.importChanges(stranger.exportChanges()))).toBe('SCHEMA_MISMATCH')
     expect(b.peers().map((p) => p.siteId)).toEqual([a.siteId, c.siteId])
     // A replica never lists itself.

@@ -123,15 +123,38 @@ interface Chunk {
   raw: Uint8Array
 }
 
+/** Where a string field sits in the header: [start of its length varint, end of its bytes). */
+type Span = [number, number]
+
+interface TableFields {
+  pkCount: number
+  firstColumnName: number
+  hash: number
+  /** Each column's algorithm string (format 2), in column order. */
+  algorithms: Span[]
+  /** The table's row mode string (format 2). */
+  rows: Span
+}
+
 interface Parsed {
   /** Everything before the chunk count. */
   header: Uint8Array
   /** Offsets of the header fields (for targeted header mutations). */
-  fields: { maxHlc: [number, number]; tables: { pkCount: number; firstColumnName: number; hash: number }[] }
+  fields: { maxHlc: [number, number]; tables: TableFields[] }
   chunks: Chunk[]
 }
 
+/** The payload format the test parser reads (the format byte at offset 4). */
+const FORMAT = 2
+
+/**
+ * Reads the framing of a format 2 payload: the header (sites, vectors, clock, tables with
+ * per column a name, an affinity and an algorithm, then the table's row mode and row
+ * count) and the chunks, inflated. Chunk bodies stay opaque bytes (cells, including the
+ * parts of counter cells, are not decoded), so any fixture re-encodes as it was.
+ */
 function parsePayload(buf: Uint8Array): Parsed {
+  if (buf[4] !== FORMAT) throw new Error(`test parser: format ${buf[4]}, expected ${FORMAT}`)
   let pos = 6
   const u = () => {
     let result = 0
@@ -167,14 +190,21 @@ function parsePayload(buf: Uint8Array): Parsed {
     u()
     const cols = u()
     const firstColumnName = pos
-    for (let c = 0; c < cols; c++) {
-      for (let k = 0; k < 2; k++) {
-        const len = u()
-        pos += len
-      }
+    const string = (): Span => {
+      const start = pos
+      const len = u()
+      pos += len
+      return [start, pos]
     }
+    const algorithms: Span[] = []
+    for (let c = 0; c < cols; c++) {
+      string() // name
+      string() // affinity
+      algorithms.push(string())
+    }
+    const rows = string()
     u() // row count
-    tables.push({ pkCount, firstColumnName, hash })
+    tables.push({ pkCount, firstColumnName, hash, algorithms, rows })
   }
   const header = buf.slice(0, pos)
   const chunks: Chunk[] = []
@@ -213,6 +243,24 @@ function buildPayload(header: Uint8Array, chunks: readonly Chunk[], opts: BuildO
   return withChecksum(concat(...parts))
 }
 
+/** The header with each span replaced by the bytes given for it. */
+function spliceHeader(header: Uint8Array, edits: readonly [Span, Uint8Array][]): Uint8Array {
+  const parts: Uint8Array[] = []
+  let at = 0
+  for (const [[start, end], bytes] of [...edits].sort((a, b) => a[0][0] - b[0][0])) {
+    parts.push(header.subarray(at, start), bytes)
+    at = end
+  }
+  parts.push(header.subarray(at))
+  return concat(...parts)
+}
+
+/** A header string: uvarint byte length, then UTF-8. */
+function str(text: string): Uint8Array {
+  const bytes = new TextEncoder().encode(text)
+  return concat(uvarint(bytes.length), bytes)
+}
+
 // ---------------------------------------------------------------------------------------
 // Invariants of a replica after a successful import of a mutated payload.
 // ---------------------------------------------------------------------------------------
@@ -223,7 +271,8 @@ function userRows(db: Database.Database, table: string): string[] {
     .sort()
 }
 
-function checkInvariants(r: Replica): void {
+/** The database is sound and every live metadata row and user row have each other. */
+function checkStructure(r: Replica): void {
   const db = r.db as Database.Database
   expect(db.pragma('integrity_check', { simple: true })).toBe('ok')
   const ids = new Map(
@@ -250,14 +299,20 @@ function checkInvariants(r: Replica): void {
       .get()
     expect({ table: t.name, orphanMeta, orphanRows }).toEqual({ table: t.name, orphanMeta: 0, orphanRows: 0 })
   }
+}
+
+/** `fresh` makes an empty replica with the same synced tables as `r`. */
+function checkInvariants(r: Replica, fresh = () => replica('ee'.repeat(16), ITEMS, TAGS)): void {
+  checkStructure(r)
+  const db = r.db as Database.Database
   // The metadata is still readable and exportable, and a fresh replica that receives the
   // export ends up with the same user rows.
-  const fresh = replica('ee'.repeat(16), ITEMS, TAGS)
+  const other = fresh()
   try {
-    fresh.importChanges(r.exportChanges())
-    for (const t of USER_TABLES) expect(userRows(fresh.db as Database.Database, t.name)).toEqual(userRows(db, t.name))
+    other.importChanges(r.exportChanges())
+    for (const t of USER_TABLES) expect(userRows(conn(other), t.name)).toEqual(userRows(db, t.name))
   } finally {
-    fresh.close()
+    other.close()
   }
 }
 
@@ -527,9 +582,16 @@ describe('corrupted payloads', () => {
     const cases: [string, unknown][] = [
       ['empty', new Uint8Array(0)],
       ['magic only', new TextEncoder().encode('CVRG')],
-      ['magic and format', Uint8Array.of(0x43, 0x56, 0x52, 0x47, 1, 0)],
-      ['magic, format and a valid checksum of nothing else', withChecksum(Uint8Array.of(0x43, 0x56, 0x52, 0x47, 1, 0))],
-      ['unknown format version', rechecksum(Uint8Array.from(P1, (b, i) => (i === 4 ? 2 : b)))],
+      ['magic and format', Uint8Array.of(0x43, 0x56, 0x52, 0x47, FORMAT, 0)],
+      [
+        'magic, format and a valid checksum of nothing else',
+        withChecksum(Uint8Array.of(0x43, 0x56, 0x52, 0x47, FORMAT, 0)),
+      ],
+      [
+        'magic, format 1 and a valid checksum of nothing else',
+        withChecksum(Uint8Array.of(0x43, 0x56, 0x52, 0x47, 1, 0)),
+      ],
+      ['unknown format version', rechecksum(Uint8Array.from(P1, (b, i) => (i === 4 ? FORMAT + 1 : b)))],
       ['format version 0', rechecksum(Uint8Array.from(P1, (b, i) => (i === 4 ? 0 : b)))],
       ['wrong magic', rechecksum(Uint8Array.from(P1, (b, i) => (i === 0 ? 0x44 : b)))],
       ['zeros', new Uint8Array(300)],
@@ -546,8 +608,10 @@ describe('corrupted payloads', () => {
       const n = Math.floor(rand() * 400)
       const bytes = Uint8Array.from({ length: n }, () => Math.floor(rand() * 256))
       cases.push([`random ${n} bytes`, bytes])
-      const framed = concat(Uint8Array.of(0x43, 0x56, 0x52, 0x47, 1, 0), bytes)
-      cases.push([`random ${n} bytes after the magic, checksummed`, withChecksum(framed)])
+      // Both formats the decoder reads: the current one and format 1.
+      const format = i % 2 === 0 ? FORMAT : 1
+      const framed = concat(Uint8Array.of(0x43, 0x56, 0x52, 0x47, format, 0), bytes)
+      cases.push([`random ${n} bytes after the magic and format ${format}, checksummed`, withChecksum(framed)])
     }
     for (const [label, payload] of cases) {
       const code = errorCode(() => r.importChanges(payload as Uint8Array))
@@ -592,51 +656,77 @@ describe('oversized payloads', () => {
   })
 })
 
+/** `enableSync` options of a synced table. */
+type SyncOptions = Parameters<Replica['enableSync']>[1]
+
+/** A replica syncing one table `items` made by `ddl`, with `options`. */
+function itemsReplica(siteId: string, ddl: string, options?: SyncOptions): Replica {
+  const r = openReplica(':memory:', { siteId })
+  conn(r).exec(ddl)
+  r.enableSync('items', options)
+  return r
+}
+
+/** The items rows by id, with the given columns only, serialized. */
+function itemColumns(r: Replica, columns: readonly string[]): string[] {
+  return (
+    conn(r)
+      .prepare(`SELECT ${['id', ...columns].map((c) => `"${c}"`).join(', ')} FROM items ORDER BY id`)
+      .raw()
+      .safeIntegers()
+      .all() as unknown[][]
+  ).map((row) => row.map(serializeValue).join('|'))
+}
+
+function columnNames(r: Replica, table = 'items'): string[] {
+  return conn(r).prepare(`SELECT name FROM pragma_table_info('${table}')`).pluck().all() as string[]
+}
+
+const ITEM_COLUMNS = ['name', 'qty', 'price', 'data', 'note']
+
 describe('schema mismatches', () => {
-  // [label, DDL of items on the other replica, what the error message must name]
-  const cases: [string, string, RegExp][] = [
-    [
-      'an extra column',
-      'CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT, qty INTEGER, price REAL, data BLOB, note, extra TEXT)',
-      /\bextra\b/,
-    ],
-    [
-      'a missing column',
-      'CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT, qty INTEGER, price REAL, data BLOB)',
-      /\bnote\b/,
-    ],
-    [
-      'a column of another type',
-      'CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT, qty TEXT, price REAL, data BLOB, note)',
-      /\bqty\b/,
-    ],
-    [
-      'a renamed column',
-      'CREATE TABLE items (id INTEGER PRIMARY KEY, title TEXT, qty INTEGER, price REAL, data BLOB, note)',
-      /\btitle\b.*\bname\b|\bname\b.*\btitle\b/,
-    ],
-    [
-      'a primary key of another type',
-      'CREATE TABLE items (id TEXT PRIMARY KEY, name TEXT, qty INTEGER, price REAL, data BLOB, note)',
-      /\bid\b/,
-    ],
-    [
-      'another primary key',
-      'CREATE TABLE items (id INTEGER, name TEXT PRIMARY KEY, qty INTEGER, price REAL, data BLOB, note)',
-      /primary key/i,
-    ],
-    [
-      'a composite primary key',
-      'CREATE TABLE items (id INTEGER, name TEXT, qty INTEGER, price REAL, data BLOB, note, PRIMARY KEY (id, name))',
-      /primary key/i,
-    ],
+  // The other replica's items table, and what the error message must name. Only a
+  // difference in something both sides have is a mismatch: the primary key, the row mode,
+  // or the type or algorithm of a column both have.
+  const cases: { label: string; ddl: string; options?: SyncOptions; names: RegExp }[] = [
+    {
+      label: 'a column of another type',
+      ddl: 'CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT, qty TEXT, price REAL, data BLOB, note)',
+      names: /\bqty\b.*\bINTEGER\b.*\bTEXT\b/,
+    },
+    {
+      label: 'a column with another algorithm',
+      ddl: ITEMS,
+      options: { columns: { qty: 'counter' } },
+      names: /\bqty\b.*\bcounter\b/,
+    },
+    {
+      label: 'another row mode',
+      ddl: ITEMS,
+      options: { rows: 'grow-only' },
+      names: /\bgrow-only\b/,
+    },
+    {
+      label: 'a primary key of another type',
+      ddl: 'CREATE TABLE items (id TEXT PRIMARY KEY, name TEXT, qty INTEGER, price REAL, data BLOB, note)',
+      names: /primary key.*\bid\b/i,
+    },
+    {
+      label: 'another primary key',
+      ddl: 'CREATE TABLE items (id INTEGER, name TEXT PRIMARY KEY, qty INTEGER, price REAL, data BLOB, note)',
+      names: /primary key/i,
+    },
+    {
+      label: 'a composite primary key',
+      ddl: 'CREATE TABLE items (id INTEGER, name TEXT, qty INTEGER, price REAL, data BLOB, note, PRIMARY KEY (id, name))',
+      names: /primary key/i,
+    },
   ]
 
-  for (const [label, ddl, messagePattern] of cases) {
+  for (const { label, ddl, options, names } of cases) {
     it(`a payload from a table with ${label} is SCHEMA_MISMATCH naming the table and columns`, () => {
-      const other = replica('f0'.repeat(16), ddl)
-      const nameColumn = /\btitle\b/.test(ddl) ? 'title' : 'name'
-      conn(other).exec(`INSERT INTO items (id, ${nameColumn}) VALUES (100, 'hundred')`)
+      const other = itemsReplica('f0'.repeat(16), ddl, options)
+      conn(other).exec(`INSERT INTO items (id, name, qty) VALUES (100, 'hundred', 3)`)
       const payload = other.exportChanges()
       other.close()
       const r = openReceiver()
@@ -648,7 +738,7 @@ describe('schema mismatches', () => {
         err = e as ConvergeError
       }
       expect(err?.message).toContain('items')
-      expect(err?.message).toMatch(messagePattern)
+      expect(err?.message).toMatch(names)
       expect(err?.details.table).toBe('items')
       // Both column lists are in the details, so a caller can show the difference.
       for (const side of [err?.details.local, err?.details.remote]) {
@@ -657,7 +747,7 @@ describe('schema mismatches', () => {
       }
       r.close()
       // And the other direction: the receiver's rows refused by the odd table.
-      const odd = replica('f1'.repeat(16), ddl)
+      const odd = itemsReplica('f1'.repeat(16), ddl, options)
       const hash = dbHash(conn(odd))
       expect(errorCode(() => odd.importChanges(P1))).toBe('SCHEMA_MISMATCH')
       expect(dbHash(conn(odd))).toBe(hash)
@@ -682,32 +772,6 @@ describe('schema mismatches', () => {
     r.close()
   })
 
-  it('a payload with rows for a table that is not synced here is SCHEMA_MISMATCH naming it', () => {
-    const other = replica('f3'.repeat(16), ITEMS, TAGS, 'CREATE TABLE notes (id TEXT PRIMARY KEY, body TEXT)')
-    conn(other).exec(`INSERT INTO notes VALUES ('n1', 'hello'); INSERT INTO items (id, name) VALUES (300, 'x')`)
-    const payload = other.exportChanges()
-    other.close()
-
-    // Table absent from the receiver.
-    const r = openReceiver()
-    const code = expectRefused(r, payload, ['SCHEMA_MISMATCH'], 'notes missing')
-    expect(code).toBe('SCHEMA_MISMATCH')
-    try {
-      r.importChanges(payload)
-    } catch (e) {
-      expect((e as ConvergeError).message).toContain('notes')
-      expect((e as ConvergeError).details.table).toBe('notes')
-    }
-    // Table present but not synced.
-    conn(r).exec('CREATE TABLE notes (id TEXT PRIMARY KEY, body TEXT)')
-    expectRefused(r, payload, ['SCHEMA_MISMATCH'], 'notes not synced')
-    // Once synced, the same payload imports.
-    r.enableSync('notes')
-    expect(r.importChanges(payload).applied).toBeGreaterThan(0)
-    expect(conn(r).prepare(`SELECT body FROM notes WHERE id = 'n1'`).pluck().get()).toBe('hello')
-    r.close()
-  })
-
   it('a table synced on the sender but without changes for us does not block the import', () => {
     const other = replica('f4'.repeat(16), ITEMS, 'CREATE TABLE unrelated (id TEXT PRIMARY KEY)')
     conn(other).exec(`INSERT INTO items (id, name) VALUES (400, 'x')`)
@@ -727,6 +791,267 @@ describe('schema mismatches', () => {
     expectRefused(receiver, sender.exportChanges(), ['CONSTRAINT', 'SCHEMA_MISMATCH', 'BAD_PAYLOAD'], 'rowid alias')
     sender.close()
     receiver.close()
+  })
+})
+
+describe('living schemas: columns and tables only one side has', () => {
+  const SENDER = 'f0'.repeat(16)
+  // The sender's items table; the columns only it has and only the receiver has. Columns
+  // only in the payload are left out (and the sender's vector is not adopted, so they come
+  // again once the receiver has them); columns only here are left alone, and take their
+  // default in rows the payload creates.
+  const cases: { label: string; ddl: string; insert: string; onlyThere: string[]; onlyHere: string[] }[] = [
+    {
+      label: 'an extra column',
+      ddl: 'CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT, qty INTEGER, price REAL, data BLOB, note, extra TEXT)',
+      insert: `INSERT INTO items (id, name, qty, extra) VALUES (100, 'hundred', 3, 'x')`,
+      onlyThere: ['extra'],
+      onlyHere: [],
+    },
+    {
+      label: 'a missing column',
+      ddl: 'CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT, qty INTEGER, price REAL, data BLOB)',
+      insert: `INSERT INTO items (id, name, qty) VALUES (100, 'hundred', 3)`,
+      onlyThere: [],
+      onlyHere: ['note'],
+    },
+    {
+      label: 'a renamed column',
+      ddl: 'CREATE TABLE items (id INTEGER PRIMARY KEY, title TEXT, qty INTEGER, price REAL, data BLOB, note)',
+      insert: `INSERT INTO items (id, title, qty) VALUES (100, 'hundred', 3)`,
+      onlyThere: ['title'],
+      onlyHere: ['name'],
+    },
+  ]
+
+  for (const { label, ddl, insert, onlyThere, onlyHere } of cases) {
+    it(`a payload from a table with ${label} imports: shared columns merge, the others are left alone`, () => {
+      const r = openReceiver()
+      const sender = itemsReplica(SENDER, ddl)
+      // The sender starts from the receiver's rows (what it lacks of them is left out), then
+      // edits shared columns of a row they share and adds a row.
+      sender.importChanges(r.exportChanges())
+      conn(sender).exec(`UPDATE items SET qty = 1000, price = 0.5 WHERE id = 1; ${insert}`)
+      const shared = ITEM_COLUMNS.filter((c) => !onlyHere.includes(c))
+      const byId = (rows: string[]) => new Map(rows.map((row) => [row.split('|')[0], row]))
+      const before = byId(itemColumns(r, ITEM_COLUMNS))
+      const untouched = ITEM_COLUMNS.filter((c) => c !== 'qty' && c !== 'price')
+      const row1Before = byId(itemColumns(r, untouched)).get('i1')
+      const schemaBefore = columnNames(r)
+
+      expect(r.importChanges(sender.exportChanges(r.versionVector())).applied).toBeGreaterThan(0)
+      expect(columnNames(r)).toEqual(schemaBefore)
+      // Row 1: the edited shared columns merged, the rest as it was.
+      expect(conn(r).prepare('SELECT qty, price FROM items WHERE id = 1').get()).toEqual({ qty: 1000, price: 0.5 })
+      expect(byId(itemColumns(r, untouched)).get('i1')).toBe(row1Before)
+      // Other rows unchanged; row 100 has the sender's shared values and defaults elsewhere.
+      const after = byId(itemColumns(r, ITEM_COLUMNS))
+      expect([...after.keys()].sort()).toEqual([...before.keys(), 'i100'].sort())
+      for (const [id, row] of before) if (id !== 'i1') expect(after.get(id)).toBe(row)
+      expect(itemColumns(r, shared).find((row) => row.startsWith('i100|'))).toBe(
+        itemColumns(sender, shared).find((row) => row.startsWith('i100|')),
+      )
+      for (const c of onlyHere) {
+        expect(conn(r).prepare(`SELECT "${c}" FROM items WHERE id = 100`).pluck().get()).toBeNull()
+      }
+      expect(itemColumns(r, ['qty']).find((row) => row.startsWith('i100|'))).toBe('i100|i3')
+
+      if (onlyThere.length === 0) {
+        // Nothing was left out: the receiver holds all the sender has.
+        expect(r.versionVector()[SENDER]).toBe(sender.versionVector()[SENDER])
+        checkInvariants(r)
+      } else {
+        // Cells of columns the receiver lacks were left out: it must not claim the sender's
+        // versions, so they are sent again...
+        expect(r.versionVector()[SENDER]).toBeUndefined()
+        checkInvariants(r)
+        // ...and arrive once the receiver has the columns.
+        for (const c of onlyThere) conn(r).exec(`ALTER TABLE items ADD COLUMN "${c}" TEXT`)
+        r.importChanges(sender.exportChanges(r.versionVector()))
+        expect(itemColumns(r, onlyThere).find((row) => row.startsWith('i100|'))).toBe(
+          itemColumns(sender, onlyThere).find((row) => row.startsWith('i100|')),
+        )
+        expect(r.versionVector()[SENDER]).toBe(sender.versionVector()[SENDER])
+        // Not checkInvariants: passing on rows held before ADD COLUMN is the known bug below.
+        checkStructure(r)
+      }
+      sender.close()
+      r.close()
+
+      // The other direction: A's full export into a fresh replica with this table.
+      const odd = itemsReplica('f1'.repeat(16), ddl)
+      conn(odd).exec(TAGS)
+      odd.enableSync('tags')
+      expect(odd.importChanges(P1).applied).toBeGreaterThan(0)
+      expect(itemColumns(odd, shared)).toEqual(itemColumns(A, shared))
+      for (const c of onlyThere) {
+        expect(conn(odd).prepare(`SELECT count(*) FROM items WHERE "${c}" IS NOT NULL`).pluck().get()).toBe(0)
+      }
+      // P1 carries cells of the columns odd lacks (the receiver's only ones) or it does not.
+      if (onlyHere.length) expect(odd.versionVector()[SITE_A]).toBeUndefined()
+      else expect(odd.versionVector()[SITE_A]).toBe(A.versionVector()[SITE_A])
+      odd.close()
+    })
+  }
+
+  // A row created by a replica without a column holds the column's default on the replica
+  // that receives it; passed on to a third replica with the column, it must arrive whole
+  // (not be taken for an incomplete row life and skipped).
+  it('a row created without a column reaches, through a replica with it, another replica with it', () => {
+    const NOTE = 'CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT, note TEXT)'
+    const old = itemsReplica(SENDER, 'CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT)')
+    const relay = itemsReplica('f1'.repeat(16), NOTE)
+    const last = itemsReplica('f2'.repeat(16), NOTE)
+    try {
+      conn(old).exec(`INSERT INTO items VALUES (1, 'one')`)
+      relay.importChanges(old.exportChanges())
+      expect(itemColumns(relay, ['name', 'note'])).toEqual(['i1|t"one"|n'])
+      last.importChanges(relay.exportChanges(last.versionVector()))
+      expect(itemColumns(last, ['name', 'note'])).toEqual(['i1|t"one"|n'])
+    } finally {
+      for (const r of [old, relay, last]) r.close()
+    }
+  })
+
+  it('rows held before ALTER TABLE ADD COLUMN reach a replica that has the column', () => {
+    const old = itemsReplica(SENDER, 'CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT)')
+    const last = itemsReplica('f2'.repeat(16), 'CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT, note TEXT)')
+    try {
+      conn(old).exec(`INSERT INTO items VALUES (1, 'one')`)
+      old.versionVector()
+      conn(old).exec('ALTER TABLE items ADD COLUMN note TEXT')
+      expect(last.importChanges(old.exportChanges()).applied).toBeGreaterThan(0)
+      expect(itemColumns(last, ['name', 'note'])).toEqual(['i1|t"one"|n'])
+      expect(last.versionVector()[SENDER]).toBe(old.versionVector()[SENDER])
+    } finally {
+      old.close()
+      last.close()
+    }
+  })
+
+  it('columns only here take their DEFAULT in rows the payload creates', () => {
+    const sender = itemsReplica(SENDER, 'CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT)')
+    const receiver = itemsReplica(
+      'f1'.repeat(16),
+      `CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT, qty INTEGER NOT NULL DEFAULT 7, note TEXT DEFAULT 'none')`,
+    )
+    conn(sender).exec(`INSERT INTO items VALUES (1, 'one')`)
+    expect(receiver.importChanges(sender.exportChanges()).applied).toBeGreaterThan(0)
+    expect(conn(receiver).prepare('SELECT * FROM items').all()).toEqual([{ id: 1, name: 'one', qty: 7, note: 'none' }])
+    // And back: the receiver's rows reach the sender without the columns it lacks.
+    conn(receiver).exec(`INSERT INTO items VALUES (2, 'two', 3, 'n'); UPDATE items SET name = 'uno' WHERE id = 1`)
+    sender.importChanges(receiver.exportChanges(sender.versionVector()))
+    expect(conn(sender).prepare('SELECT * FROM items ORDER BY id').all()).toEqual([
+      { id: 1, name: 'uno' },
+      { id: 2, name: 'two' },
+    ])
+    sender.close()
+    receiver.close()
+  })
+
+  it('the rows of a table that is not synced here are left out; the other tables rows apply', () => {
+    const other = replica('f3'.repeat(16), ITEMS, TAGS, 'CREATE TABLE notes (id TEXT PRIMARY KEY, body TEXT)')
+    const sender = other.siteId
+    conn(other).exec(`INSERT INTO notes VALUES ('n1', 'hello'); INSERT INTO items (id, name) VALUES (300, 'x')`)
+    const payload = other.exportChanges()
+
+    // Table absent from the receiver: no error, items applied, notes not created.
+    const r = openReceiver()
+    expect(r.importChanges(payload).applied).toBeGreaterThan(0)
+    expect(conn(r).prepare('SELECT name FROM items WHERE id = 300').pluck().get()).toBe('x')
+    expect(conn(r).prepare(`SELECT count(*) FROM sqlite_schema WHERE name = 'notes'`).pluck().get()).toBe(0)
+    // The notes rows were not taken: the sender's versions are not claimed.
+    expect(r.versionVector()[sender]).toBeUndefined()
+    // Table present but not synced: left alone.
+    conn(r).exec('CREATE TABLE notes (id TEXT PRIMARY KEY, body TEXT)')
+    expect(r.importChanges(other.exportChanges(r.versionVector())).applied).toBe(0)
+    expect(conn(r).prepare('SELECT count(*) FROM notes').pluck().get()).toBe(0)
+    expect(r.versionVector()[sender]).toBeUndefined()
+    // Once synced, what it lacks arrives and the sender's versions are claimed.
+    r.enableSync('notes')
+    expect(r.importChanges(other.exportChanges(r.versionVector())).applied).toBeGreaterThan(0)
+    expect(conn(r).prepare(`SELECT body FROM notes WHERE id = 'n1'`).pluck().get()).toBe('hello')
+    expect(r.versionVector()[sender]).toBe(other.versionVector()[sender])
+    other.close()
+    r.close()
+  })
+})
+
+describe('counter cells', () => {
+  // items.qty is a counter here: its cells travel as parts (flags F_PRESENT | F_PARTS, then
+  // per site an index, an HLC delta and a total) instead of a stamp and a value.
+  const COUNTER = { columns: { qty: 'counter' } } as const
+  function counterReplica(siteId: string): Replica {
+    const r = openReplica(':memory:', { siteId })
+    conn(r).exec(`${ITEMS}; ${TAGS}`)
+    r.enableSync('items', COUNTER)
+    r.enableSync('tags')
+    return r
+  }
+  let image: Buffer
+  let PC: Uint8Array
+  beforeAll(() => {
+    const [a, b, rc] = [counterReplica(SITE_A), counterReplica(SITE_B), counterReplica(SITE_R)]
+    insertItem(a, 1, 'one', 10n, 1.5, null, null)
+    insertItem(a, 2, 'two', -(2n ** 62n), null, Buffer.from([1]), 'n')
+    insertItem(a, 3, 'three', 0n, 0.5, null, null)
+    conn(a).exec(`INSERT INTO tags VALUES ('red', 1, 'a')`)
+    for (const r of [b, rc]) r.importChanges(a.exportChanges(r.versionVector()))
+    // Concurrent increments on every site, a delete and an edit of another column.
+    conn(a).exec('UPDATE items SET qty = qty + 5 WHERE id = 1; UPDATE items SET qty = qty - 1 WHERE id = 2')
+    conn(b).exec(`UPDATE items SET qty = qty + 7 WHERE id = 1; UPDATE items SET qty = qty + 2 WHERE id = 3;
+      DELETE FROM items WHERE id = 2`)
+    conn(rc).exec(`UPDATE items SET qty = qty + 100 WHERE id = 1; UPDATE items SET name = 'r' WHERE id = 3`)
+    a.importChanges(b.exportChanges(a.versionVector()))
+    conn(a).exec('UPDATE items SET qty = qty + 1 WHERE id = 3')
+    rc.versionVector()
+    image = conn(rc).serialize()
+    PC = a.exportChanges()
+    a.close()
+    b.close()
+    rc.close()
+  })
+  const receiver = () => openReplica(new Database(image))
+  const fresh = () => counterReplica('ee'.repeat(16))
+
+  it('the fixture imports and the increments of every site add up', () => {
+    const { header, fields } = parsePayload(PC)
+    const items = fields.tables.find((t) => t.algorithms.length === 6) // tags has 3 columns
+    const algorithm = (span: Span) => new TextDecoder().decode(header.subarray(span[0] + 1, span[1]))
+    expect(items?.algorithms.map(algorithm)).toEqual(['lww', 'lww', 'counter', 'lww', 'lww', 'lww'])
+    const r = receiver()
+    expect(r.importChanges(PC).applied).toBeGreaterThan(0)
+    expect(conn(r).prepare('SELECT id, qty FROM items ORDER BY id').all()).toEqual([
+      { id: 1, qty: 122 },
+      { id: 3, qty: 3 },
+    ])
+    checkInvariants(r, fresh)
+    r.close()
+  })
+
+  it('every byte of the chunk bodies changed, re-encoded validly, is refused or harmless', () => {
+    const { header, chunks } = parsePayload(PC)
+    let r = receiver()
+    const outcomes = new Map<string, number>()
+    for (const [k, chunk] of chunks.entries()) {
+      for (let pos = 0; pos < chunk.raw.length; pos++) {
+        for (const value of [chunk.raw[pos] ^ 0xff, chunk.raw[pos] ^ 0x01, 0x00, 0x09, 0x08, 0x7f, 0x80]) {
+          if (value === chunk.raw[pos]) continue
+          const raw = chunk.raw.slice()
+          raw[pos] = value
+          const mutated = chunks.map((c, j) => (j === k ? { ...c, raw } : c))
+          const outcome = tryImport(r, buildPayload(header, mutated), `chunk ${k} byte ${pos} = ${value}`, fresh)
+          outcomes.set(outcome, (outcomes.get(outcome) ?? 0) + 1)
+          if (outcome === 'accepted') {
+            r.close()
+            r = receiver()
+          }
+        }
+      }
+    }
+    r.close()
+    if (process.env.FUZZ_STATS) console.log(Object.fromEntries(outcomes))
+    expect(outcomes.get('BAD_PAYLOAD')).toBeGreaterThan(outcomes.get('accepted') ?? 0)
   })
 })
 
@@ -781,6 +1106,52 @@ describe('mutations that keep a valid checksum', () => {
       const r = openReceiver()
       expectRefused(r, buildPayload(mutated, chunks), ['BAD_PAYLOAD'], 'hash flip')
       r.close()
+    }
+  })
+
+  it('algorithms and row modes are covered by the schema hash; unknown ones are BAD_PAYLOAD', () => {
+    const { header, chunks, fields } = parsePayload(P1)
+    const r = openReceiver()
+    const text = (span: Span) => new TextDecoder().decode(header.subarray(span[0] + 1, span[1]))
+    for (const [i, t] of fields.tables.entries()) {
+      const pkCount = header[t.pkCount] as number
+      expect(t.algorithms.map(text)).toEqual(t.algorithms.map(() => 'lww'))
+      expect(text(t.rows)).toBe('causal')
+      const edits: [string, Span, string][] = [
+        ['a key column made a counter', t.algorithms[0] as Span, 'counter'],
+        ['a data column made a counter', t.algorithms[pkCount] as Span, 'counter'],
+        ['the last column made a counter', t.algorithms[t.algorithms.length - 1] as Span, 'counter'],
+        ['an unknown algorithm', t.algorithms[pkCount] as Span, 'lwx'],
+        ['an empty algorithm', t.algorithms[pkCount] as Span, ''],
+        ['rows add-wins', t.rows, 'add-wins'],
+        ['rows delete-wins', t.rows, 'delete-wins'],
+        ['rows grow-only', t.rows, 'grow-only'],
+        ['an unknown row mode', t.rows, 'casual'],
+      ]
+      for (const [label, span, value] of edits) {
+        const mutated = spliceHeader(header, [[span, str(value)]])
+        expectRefused(r, buildPayload(mutated, chunks), ['BAD_PAYLOAD'], `table ${i}: ${label}`)
+      }
+    }
+    r.close()
+  })
+
+  it('format 1 (no algorithms, no row modes) is still read: a fixture re-encoded as format 1 imports the same', () => {
+    for (const p of [P1, P2, BIG]) {
+      const { header, chunks, fields } = parsePayload(p)
+      const v1 = spliceHeader(
+        header,
+        fields.tables.flatMap((t) =>
+          [...t.algorithms, t.rows].map((span): [Span, Uint8Array] => [span, new Uint8Array()]),
+        ),
+      )
+      v1[4] = 1
+      const viaV1 = openReceiver()
+      const viaV2 = openReceiver()
+      expect(viaV1.importChanges(buildPayload(v1, chunks))).toEqual(viaV2.importChanges(p))
+      expectSameState(viaV1, viaV2)
+      viaV1.close()
+      viaV2.close()
     }
   })
 
@@ -922,7 +1293,10 @@ describe('mutations that keep a valid checksum', () => {
     expect(total(': BAD_PAYLOAD')).toBeGreaterThan(ITERATIONS / 4)
     expect(total(': accepted')).toBeGreaterThan(10)
     expect([...stats.keys()].some((k) => k.startsWith('chunk body mutation: BAD_PAYLOAD'))).toBe(true)
-    expect([...stats.keys()].some((k) => k.startsWith('header mutation: SCHEMA_MISMATCH'))).toBe(true)
+    // Header mutations get past the decoder's checks too: a mutated table name, for one,
+    // is a table not synced here, whose rows are left out (see 'living schemas').
+    expect([...stats.keys()].some((k) => k.startsWith('header mutation: BAD_PAYLOAD'))).toBe(true)
+    expect([...stats.keys()].some((k) => k.startsWith('header mutation: accepted'))).toBe(true)
   })
 })
 
@@ -931,7 +1305,7 @@ describe('mutations that keep a valid checksum', () => {
  * SCHEMA_MISMATCH or CLOCK_DRIFT (a mutated but well-formed header may claim a future
  * clock) and the database is unchanged, or it is accepted and the invariants hold.
  */
-function tryImport(r: Replica, payload: Uint8Array, label: string): string {
+function tryImport(r: Replica, payload: Uint8Array, label: string, fresh?: () => Replica): string {
   const before = dbContents(conn(r))
   try {
     r.importChanges(payload)
@@ -947,7 +1321,7 @@ function tryImport(r: Replica, payload: Uint8Array, label: string): string {
     return err.code
   }
   try {
-    checkInvariants(r)
+    checkInvariants(r, fresh)
   } catch (err) {
     throw new Error(`${label}: accepted, but invariants broke: ${(err as Error).message}; payload ${hex(payload)}`, {
       cause: err,

@@ -5,6 +5,7 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { request } from 'node:http'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
+import Database from 'better-sqlite3'
 import { SignJWT } from 'jose'
 import { pino } from 'pino'
 import { ConvergeError, openReplica, type Replica } from 'sqlite-converge'
@@ -146,6 +147,84 @@ describe('sync through the server', () => {
   })
 })
 
+describe('a client with an added column', () => {
+  /** The server's columns of todos, read from its file without disturbing it. */
+  function serverColumns(name = 'shop'): string[] {
+    const db = new Database(join(dir, 'data', `${name}.db`), { readonly: true, fileMustExist: true })
+    try {
+      return db.prepare(`SELECT name FROM pragma_table_info('todos')`).pluck().all() as string[]
+    } finally {
+      db.close()
+    }
+  }
+
+  /** a: the old schema. b: created with the column. c: added it before enabling sync. */
+  function clients() {
+    return {
+      a: replica('a'),
+      b: replica('b', 'CREATE TABLE todos (id TEXT PRIMARY KEY, title TEXT, done INTEGER, due TEXT)'),
+      c: replica('c', `${TODOS}; ALTER TABLE todos ADD COLUMN due TEXT`),
+    }
+  }
+
+  it('syncs through the server with a client without it; the server gains the column', async () => {
+    const s = await start()
+    const url = `${s.url}/db/shop`
+    const { a, b, c } = clients()
+
+    // The old client defines the server's table.
+    await a.sync(url)
+    expect(serverColumns()).toEqual(['id', 'title', 'done'])
+    b.db.prepare('INSERT INTO todos VALUES (?, ?, ?, ?)').run('2', 'eggs', 0, 'today')
+    expect((await b.sync(url)).send.status).toBe('synced')
+    expect(serverColumns()).toEqual(['id', 'title', 'done', 'due'])
+
+    // a gets b's row without the column it lacks; c, which has it, gets b's value of it.
+    await a.sync(url)
+    expect(rows(a)).toEqual([{ id: '2', title: 'eggs', done: 0 }])
+    await c.sync(url)
+    expect(rows(c)).toEqual([{ id: '2', title: 'eggs', done: 0, due: 'today' }])
+
+    // Edits of the shared columns travel both ways between old and new clients, edits of
+    // the added column between the clients that have it, and none of them conflict.
+    a.db.prepare(`UPDATE todos SET title = 'brown eggs' WHERE id = '2'`).run()
+    b.db.prepare(`UPDATE todos SET due = 'tomorrow' WHERE id = '2'`).run()
+    c.db.prepare(`UPDATE todos SET done = 1 WHERE id = '2'`).run()
+    b.db.prepare('INSERT INTO todos VALUES (?, ?, ?, ?)').run('3', 'bread', 0, 'monday')
+    // A row the old client creates: the clients with the column give it the default.
+    a.db.prepare('INSERT INTO todos VALUES (?, ?, ?)').run('4', 'tea', 0)
+    for (const r of [a, b, c, a, b]) await r.sync(url)
+    const full = [
+      { id: '2', title: 'brown eggs', done: 1, due: 'tomorrow' },
+      { id: '3', title: 'bread', done: 0, due: 'monday' },
+      { id: '4', title: 'tea', done: 0, due: null },
+    ]
+    expect(rows(b)).toEqual(full)
+    expect(rows(c)).toEqual(full)
+    expect(rows(a)).toEqual(full.map(({ due: _, ...row }) => row))
+    for (const r of [a, b, c]) expect(r.conflicts()).toEqual([])
+  })
+
+  it('rows the server held before it gained the column reach the clients with it, which default it', async () => {
+    const s = await start()
+    const url = `${s.url}/db/shop`
+    const { a, b, c } = clients()
+    a.db.prepare('INSERT INTO todos VALUES (?, ?, ?)').run('1', 'milk', 0)
+    await a.sync(url)
+    b.db.prepare('INSERT INTO todos VALUES (?, ?, ?, ?)').run('2', 'eggs', 0, 'today')
+    await b.sync(url)
+    expect(serverColumns()).toEqual(['id', 'title', 'done', 'due'])
+    for (const r of [a, b, c]) await r.sync(url)
+    const full = [
+      { id: '1', title: 'milk', done: 0, due: null },
+      { id: '2', title: 'eggs', done: 0, due: 'today' },
+    ]
+    expect(rows(c)).toEqual(full)
+    expect(rows(b)).toEqual(full)
+    expect(rows(a)).toEqual(full.map(({ due: _, ...row }) => row))
+  })
+})
+
 describe('bad requests change nothing and the server keeps serving', () => {
   const config = {
     databases: {
@@ -171,7 +250,8 @@ describe('bad requests change nothing and the server keeps serving', () => {
       .sign(new TextEncoder().encode(SECRET))
     const wrongSchema = openReplica(join(dir, 'wrong.db'))
     replicas.push(wrongSchema)
-    wrongSchema.db.exec('CREATE TABLE todos (id TEXT PRIMARY KEY, title TEXT, due TEXT)')
+    // done is TEXT here and INTEGER on the server: a shared column of another type.
+    wrongSchema.db.exec('CREATE TABLE todos (id TEXT PRIMARY KEY, title TEXT, done TEXT)')
     wrongSchema.enableSync('todos')
     wrongSchema.db.prepare('INSERT INTO todos VALUES (?, ?, ?)').run('9', 'x', 'y')
 
@@ -196,7 +276,7 @@ describe('bad requests change nothing and the server keeps serving', () => {
       const r = await run()
       expect([what, r.status, r.json.code]).toEqual([what, status, code])
       expect(typeof r.json.message).toBe('string')
-      if (code === 'SCHEMA_MISMATCH') expect(r.json.message).toMatch(/due/)
+      if (code === 'SCHEMA_MISMATCH') expect(r.json.message).toMatch(/\btodos\b.*\bdone\b/)
       expect(serverHash(), what).toBe(before)
       // Still serving a good client.
       const other = replica(`ok-${replicas.length}`)
@@ -207,7 +287,7 @@ describe('bad requests change nothing and the server keeps serving', () => {
 
     // The client maps codes to ConvergeError.
     const err = await rejects(wrongSchema.sync(url, { token: 'shop-key' }), 'SCHEMA_MISMATCH')
-    expect(err.message).toMatch(/due/)
+    expect(err.message).toMatch(/\btodos\b.*\bdone\b/)
     await rejects(good.sync(url), 'UNAUTHORIZED')
     await rejects(good.sync(url, { token: expired }), 'UNAUTHORIZED')
     await rejects(good.sync('http://127.0.0.1:1/db/shop'), 'NETWORK')

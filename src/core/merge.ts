@@ -52,8 +52,25 @@ export function compareStamps(a: Stamp, b: Stamp): number {
   return a.site < b.site ? -1 : a.site > b.site ? 1 : 0
 }
 
-/** True when `vector` covers every version a cell carries (for a counter: every part). */
+/**
+ * HLC of a cell that holds its column's DEFAULT since its row life began: a column added
+ * after the life was created, on the replica that created it. It sorts before every real
+ * write of the life, and every replica that has the column agrees on it.
+ */
+export const DEFAULT_HLC = 0
+
+/** The cell of a column that holds its default since life `cl` began. */
+export function defaultCell(cl: number, site: string): CellStamp {
+  return { cl, hlc: DEFAULT_HLC, site, prev: null }
+}
+
+/**
+ * True when `vector` covers every version a cell carries (for a counter: every part). A
+ * default cell is never covered: it travels with its row, so a replica that lacks the row
+ * gets it whole.
+ */
 export function cellCovered(vector: VersionVector, cell: CellStamp): boolean {
+  if (cell.hlc === DEFAULT_HLC) return false
   if (cell.parts) return cell.parts.every((p) => covers(vector, p.site, p.hlc))
   if (cell.blocks && !cell.blocks.every((b) => covers(vector, b.site, b.hlc))) return false
   return covers(vector, cell.site, cell.hlc)
@@ -91,7 +108,7 @@ export function prevForLocalWrite(current: CellStamp | null, localSite: string):
  * loser. A site's own successive writes are never concurrent with each other.
  */
 export function isConflict(winner: CellStamp, loser: Stamp): boolean {
-  if (winner.cl !== loser.cl || winner.site === loser.site) return false
+  if (winner.cl !== loser.cl || winner.site === loser.site || loser.hlc === DEFAULT_HLC) return false
   return winner.prev === null || compareStamps(winner.prev, loser) < 0
 }
 

@@ -10,6 +10,7 @@ import {
   type CellStamp,
   cellCovered,
   compareStamps,
+  defaultCell,
   deleteWins,
   isAlive,
   mergeRow,
@@ -243,12 +244,12 @@ export function applyPayload(
         if (c?.parts) for (const p of c.parts) hold(p.site, p.hlc)
         else if (c) hold(c.site, c.hlc)
       }
-      // A life started by a replica without some of our columns: they hold their DEFAULT,
-      // written by the life's creation (every replica with the column agrees), so the life
-      // is whole when passed on. Counter columns have no such version and stay empty.
+      // A life started by a replica without some of our columns: they hold their DEFAULT
+      // since the life began (every replica with the column agrees), so the life is whole
+      // when passed on. Counter and text columns have no such version and stay empty.
       if (localOnly.length && isAlive(row.cl) && (local === null || row.cl > local.cl)) {
         for (const c of localOnly) {
-          if (t.schema.data[c]?.algorithm === 'lww') cells[c] = { ...row.clStamp, prev: null }
+          if (t.schema.data[c]?.algorithm === 'lww') cells[c] = defaultCell(row.cl, row.clStamp.site)
         }
       }
       const incoming: RowState = {

@@ -6,7 +6,7 @@
  */
 import type { CounterPart } from '../core/algorithms.js'
 import type { CellStamp, RowState, Stamp } from '../core/merge.js'
-import { counterCell, isAlive, textCell } from '../core/merge.js'
+import { counterCell, defaultCell, isAlive, textCell } from '../core/merge.js'
 import type { PositionLevel, TextBlock } from '../core/text.js'
 import type { SqliteDatabase, SqliteStatement } from '../driver/types.js'
 import { ByteReader, ByteWriter } from '../wire/bytes.js'
@@ -179,7 +179,13 @@ export function decodeRow(stored: StoredRow, dataCount: number, sites: SiteTable
   const r = new ByteReader(v)
   const deletions = v[0] === F_DELETIONS ? readStamps(r, clh, sites, true) : undefined
   for (let c = 0; c < dataCount; c++) {
-    const flags = r.remaining ? r.byte() : 0
+    // Cells past the blob's end belong to columns added after it was written: they hold
+    // their default since the life began (see migrate.ts).
+    if (!r.remaining) {
+      cells[c] = defaultCell(cl, clSite)
+      continue
+    }
+    const flags = r.byte()
     if (!(flags & F_PRESENT)) {
       cells[c] = null
       continue

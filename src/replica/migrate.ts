@@ -144,8 +144,10 @@ function checkExtension(table: string, old: StoredColumns, schema: TableSchema):
 /** Metadata work after `ALTER TABLE ADD COLUMN` appended data columns `oldCount..`. */
 function addColumns(db: SqliteDatabase, id: number, oldCount: number, schema: TableSchema): void {
   const newCount = schema.data.length
-  // A NULL stamp blob means "every cell carries the row's stamp": make that explicit for
-  // the old columns, so rows written before the change claim no version of the new ones.
+  // Rows already here hold the new columns' DEFAULT since their life began: a stamp blob
+  // shorter than the columns says so for the missing cells (see decodeRow), and every
+  // write to the column wins over it. A NULL blob means "every cell has the row's stamp",
+  // so those become explicit blobs for the old columns.
   if (oldCount > 0) {
     const uniform = `X'${'03'.repeat(oldCount)}'`
     db.exec(`UPDATE ${rowsTable(id)} SET v = ${uniform} WHERE v IS NULL AND cl % 2 = 1`)
