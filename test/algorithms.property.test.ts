@@ -4,7 +4,7 @@
 // duplicated, delayed, misdelivered) exchanges on three in-memory replicas, exchanges until
 // nothing changes, and checks that the replicas agree and that counters add up. Scenario
 // tests pin down what each row mode does with a deletion and a concurrent write; the last
-// block holds known bugs as `it.fails` tests.
+// block keeps the regressions of bugs these properties found.
 import fc from 'fast-check'
 import { openReplica, type Replica, type VersionVector } from 'sqlite-converge'
 import { afterEach, describe, expect, it } from 'vitest'
@@ -44,7 +44,10 @@ const MAX_HLC = 6
  */
 type PartWorld = (site: string, hlc: number) => CounterValue
 
-const bigTotalArb = fc.bigInt({ min: -(2n ** 70n), max: 2n ** 70n })
+// Integer totals whose sums stay inside SQLite's 64-bit range (exact arithmetic)...
+const bigTotalArb = fc.bigInt({ min: -(2n ** 60n), max: 2n ** 60n })
+// ...and ones that leave it (the sum turns REAL, as SQLite's own arithmetic does).
+const hugeTotalArb = fc.bigInt({ min: -(2n ** 70n), max: 2n ** 70n })
 /** Any finite double (sums may overflow to ±Infinity or NaN: summing in site order is still deterministic). */
 const realTotalArb = fc.double({ noNaN: true, noDefaultInfinity: true })
 /** Multiples of 1/4 of modest size: every sum of a few of them is exact in a double. */
@@ -175,6 +178,32 @@ describe('withOwnPart: local writes as per-site differences', () => {
           expect(sumParts(out)).toBe(current)
           expect(out.filter((p) => p.site !== site)).toEqual(parts.filter((p) => p.site !== site))
           expect(out.find((p) => p.site === site)?.hlc).toBe(MAX_HLC + 1)
+        },
+      ),
+      { numRuns: PURE_RUNS },
+    )
+  })
+
+  it('past 64 bits the parts and their sum turn REAL instead of failing, and stay in range', () => {
+    const INT64 = 2n ** 63n
+    fc.assert(
+      fc.property(
+        partListsArb(1, hugeTotalArb).chain(([a]) => fc.tuple(fc.constant(a!), hugeTotalArb)),
+        fc.nat(SITES.length - 1),
+        ([parts, current], s) => {
+          const out = withOwnPart(
+            parts.map((p) => ({
+              ...p,
+              total: typeof p.total === 'bigint' && (p.total >= INT64 || p.total < -INT64) ? Number(p.total) : p.total,
+            })),
+            SITES[s]!,
+            MAX_HLC + 1,
+            current >= INT64 || current < -INT64 ? Number(current) : current,
+          )
+          for (const p of out) if (typeof p.total === 'bigint') expect(p.total < INT64 && p.total >= -INT64).toBe(true)
+          const sum = sumParts(out)
+          if (typeof sum === 'bigint') expect(sum < INT64 && sum >= -INT64).toBe(true)
+          else expect(Number.isFinite(sum)).toBe(true)
         },
       ),
       { numRuns: PURE_RUNS },
@@ -1150,62 +1179,52 @@ describe('counters: scenarios', () => {
   })
 })
 
-// Each of these asserts the intended behaviour and fails today (see the message of each);
-// `it.fails` keeps the suite green and turns red once the bug is fixed: then drop `.fails`.
-describe('known bugs', () => {
-  it.fails(
-    'a REAL counter converges when the written value is not the exact sum of its parts (A keeps 0.10000000000000009, B 0.1)',
-    () => {
-      const [a, b] = openStock('causal', 2, true) as [Replica, Replica]
-      a.db.exec('INSERT INTO stock (id, price) VALUES (1, 3)')
-      send(a, b)
-      // B's part becomes 0.1 - 3 = -2.9; summed in site order, 3 + -2.9 = 0.10000000000000009
-      b.db.exec('UPDATE stock SET price = 0.1 WHERE id = 1')
-      expectQuiet([a, b])
-    },
-  )
+// Regressions: each of these failed before its fix (the message says how).
+describe('regressions found by the properties', () => {
+  it('a REAL counter converges when the written value is not the exact sum of its parts (A keeps 0.10000000000000009, B 0.1)', () => {
+    const [a, b] = openStock('causal', 2, true) as [Replica, Replica]
+    a.db.exec('INSERT INTO stock (id, price) VALUES (1, 3)')
+    send(a, b)
+    // B's part becomes 0.1 - 3 = -2.9; summed in site order, 3 + -2.9 = 0.10000000000000009
+    b.db.exec('UPDATE stock SET price = 0.1 WHERE id = 1')
+    expectQuiet([a, b])
+  })
 
-  it.fails(
-    'add-wins counters: an edit relayed to a third replica before the delete reaches it counts once (not 26)',
-    () => {
-      const [a, b, c] = openStock('add-wins', 3, true) as [Replica, Replica, Replica]
-      a.db.exec('INSERT INTO stock (id, qty) VALUES (1, 10)')
-      send(a, b)
-      send(a, c)
-      deleteOnA(a)
-      b.db.exec('UPDATE stock SET qty = qty + 3 WHERE id = 1')
-      send(b, c)
-      // B and C both hold the edit the delete did not see: both revive the row, each as a
-      // new insert whose own part is the whole value 13, so the counter ends at 13 + 13
-      send(a, c)
-      send(a, b)
-      expectQuiet([a, b, c])
-      for (const r of [a, b, c]) expect(stockRow(r)).toMatchObject({ qty: 13 })
-    },
-  )
+  it('add-wins counters: an edit relayed to a third replica before the delete reaches it counts once (not 26)', () => {
+    const [a, b, c] = openStock('add-wins', 3, true) as [Replica, Replica, Replica]
+    a.db.exec('INSERT INTO stock (id, qty) VALUES (1, 10)')
+    send(a, b)
+    send(a, c)
+    deleteOnA(a)
+    b.db.exec('UPDATE stock SET qty = qty + 3 WHERE id = 1')
+    send(b, c)
+    // B and C both hold the edit the delete did not see: both revive the row, each as a
+    // new insert whose own part is the whole value 13, so the counter ends at 13 + 13
+    send(a, c)
+    send(a, b)
+    expectQuiet([a, b, c])
+    for (const r of [a, b, c]) expect(stockRow(r)).toMatchObject({ qty: 13 })
+  })
 
-  it.fails(
-    'add-wins: an update concurrent with a delete survives even when the deleter wrote another column later',
-    () => {
-      const [a, b] = openStock('add-wins', 2) as [Replica, Replica]
-      a.db.exec("INSERT INTO stock (id, note) VALUES (1, 'x')")
-      send(a, b)
-      b.db.exec("UPDATE stock SET note = 'b' WHERE id = 1")
-      b.versionVector()
-      // A's next write gets a later HLC than B's update, which A has not seen
-      const t = Date.now()
-      while (Date.now() <= t + 1) {}
-      a.db.exec('UPDATE stock SET price = 1 WHERE id = 1')
-      a.versionVector()
-      // the tombstone's `seen` is A's price write, newer than B's note write, so the merge
-      // takes B's write as seen by the deleter: no revival (and, in causal rows, no conflict)
-      deleteOnA(a)
-      expectQuiet([a, b])
-      for (const r of [a, b]) expect(stockRow(r)).toEqual({ id: 1, qty: 0, price: 0, note: 'b' })
-    },
-  )
+  it('add-wins: an update concurrent with a delete survives even when the deleter wrote another column later', () => {
+    const [a, b] = openStock('add-wins', 2) as [Replica, Replica]
+    a.db.exec("INSERT INTO stock (id, note) VALUES (1, 'x')")
+    send(a, b)
+    b.db.exec("UPDATE stock SET note = 'b' WHERE id = 1")
+    b.versionVector()
+    // A's next write gets a later HLC than B's update, which A has not seen
+    const t = Date.now()
+    while (Date.now() <= t + 1) {}
+    a.db.exec('UPDATE stock SET price = 1 WHERE id = 1')
+    a.versionVector()
+    // the tombstone's `seen` is A's price write, newer than B's note write, so the merge
+    // takes B's write as seen by the deleter: no revival (and, in causal rows, no conflict)
+    deleteOnA(a)
+    expectQuiet([a, b])
+    for (const r of [a, b]) expect(stockRow(r)).toEqual({ id: 1, qty: 0, price: 0, note: 'b' })
+  })
 
-  it.fails('an INTEGER counter whose parts sum past 2^63 does not make every import fail with a RangeError', () => {
+  it('an INTEGER counter whose parts sum past 2^63 does not make every import fail with a RangeError', () => {
     const [a, b] = openStock('causal', 2, true) as [Replica, Replica]
     a.db.exec('INSERT INTO stock (id, qty) VALUES (1, 0)')
     send(a, b)
@@ -1215,7 +1234,7 @@ describe('known bugs', () => {
     expectQuiet([a, b])
   })
 
-  it.fails('an INTEGER counter part past 2^63 does not make the sender’s payloads BAD_PAYLOAD for good', () => {
+  it('an INTEGER counter part past 2^63 does not make the sender’s payloads BAD_PAYLOAD for good', () => {
     const [a, b] = openStock('causal', 2, true) as [Replica, Replica]
     a.db.exec('INSERT INTO stock (id, qty) VALUES (1, -9000000000000000000)')
     send(a, b)

@@ -77,10 +77,12 @@ function rowArb(world: World, full = false): fc.Arbitrary<RowState> {
     .map(({ cl, clHlc, clSite, cells }): RowState => {
       const clStamp: Stamp = { cl, hlc: clHlc, site: clSite }
       if (cl % 2 === 0) {
-        // Half the tombstones say what their deleter had seen: a version of the life before.
+        // Most tombstones say, per column, what their deleter had seen: a version of the
+        // life before, or none.
         const tomb: RowState = { cl, clStamp, cells: new Array(N).fill(null) }
         const first = cells[0] as { back: number; hlc: number; site: string }
-        return first.back === 0 ? tomb : { ...tomb, seen: { cl: cl - 1, hlc: first.hlc, site: first.site } }
+        if (first.back === 0) return tomb
+        return { ...tomb, seen: cells.map(({ back, hlc, site }) => (back === 1 ? null : { cl: cl - 1, hlc, site })) }
       }
       return {
         cl,

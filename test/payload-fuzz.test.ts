@@ -1137,7 +1137,9 @@ describe('mutations that keep a valid checksum', () => {
   })
 
   it('format 1 (no algorithms, no row modes) is still read: a fixture re-encoded as format 1 imports the same', () => {
-    for (const p of [P1, P2, BIG]) {
+    // Not P1: its tombstone carries per-column 'seen' stamps, which format 1 wrote as one
+    // stamp (a body difference this header-only re-encoding does not make).
+    for (const p of [P2, BIG]) {
       const { header, chunks, fields } = parsePayload(p)
       const v1 = spliceHeader(
         header,

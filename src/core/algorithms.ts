@@ -64,14 +64,22 @@ export function joinParts(a: readonly CounterPart[], b: readonly CounterPart[]):
   return changed ? out : a
 }
 
+const INT64_MIN = -(2n ** 63n)
+const INT64_MAX = 2n ** 63n - 1n
+
+/** An integer result outside SQLite's 64-bit range becomes REAL, as in SQLite's own arithmetic. */
+function int64OrReal(v: bigint): CounterValue {
+  return v < INT64_MIN || v > INT64_MAX ? Number(v) : v
+}
+
 /** Adds counter values: exact integers while every operand is one, doubles otherwise. */
 export function addValues(a: CounterValue, b: CounterValue): CounterValue {
-  if (typeof a === 'bigint' && typeof b === 'bigint') return a + b
+  if (typeof a === 'bigint' && typeof b === 'bigint') return int64OrReal(a + b)
   return Number(a) + Number(b)
 }
 
 function subtract(a: CounterValue, b: CounterValue): CounterValue {
-  if (typeof a === 'bigint' && typeof b === 'bigint') return a - b
+  if (typeof a === 'bigint' && typeof b === 'bigint') return int64OrReal(a - b)
   return Number(a) - Number(b)
 }
 

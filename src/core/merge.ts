@@ -119,11 +119,12 @@ export interface RowState {
   /** Parallel to the table's data columns (canonical order); null where no version is held. */
   readonly cells: readonly (CellStamp | null)[]
   /**
-   * Deleted rows only: the newest cell version the deleter's row held when it deleted it.
-   * A cell version newer than this, from another site, was not seen by the deleter: the
-   * delete overrode a concurrent write, which the conflict log keeps.
+   * Deleted rows only: per data column, the version the deleter's row held when it deleted
+   * it (null: none). A cell version newer than that, from another site, was not seen by the
+   * deleter: the delete overrode a concurrent write, which the conflict log keeps (and which
+   * an 'add-wins' table revives).
    */
-  readonly seen?: Stamp
+  readonly seen?: readonly (Stamp | null)[]
   /**
    * 'delete-wins' tables only. On a deleted row: every deletion of the life that ended
    * (usually one). On a live row: the deletions of the previous life its inserter knew.
@@ -220,7 +221,8 @@ export function localDelete(
 ): RowState {
   if (state !== null && !isAlive(state.cl)) return state
   const cl = state === null ? 2 : clAfterDelete(state.cl)
-  const seen = state === null ? null : newestCell(state.cells)
+  const seen =
+    state === null ? null : state.cells.map((c) => (c === null ? null : { cl: c.cl, hlc: c.hlc, site: c.site }))
   const clStamp = { cl, hlc, site }
   const tombstone: RowState = {
     cl,
@@ -231,22 +233,30 @@ export function localDelete(
   return seen === null ? tombstone : { ...tombstone, seen }
 }
 
-function newestCell(cells: readonly (CellStamp | null)[]): Stamp | null {
-  let best: Stamp | null = null
-  for (const c of cells) if (c !== null && (best === null || compareStamps(c, best) > 0)) best = c
-  return best === null ? null : { cl: best.cl, hlc: best.hlc, site: best.site }
+/** True when the version of data column `c` was written without its row's deleter having seen it. */
+function unseenByDeleter(cell: Stamp, c: number, tombstone: RowState): boolean {
+  if (cell.site === tombstone.clStamp.site || cell.hlc === DEFAULT_HLC) return false
+  const seen = tombstone.seen?.[c] ?? null
+  return seen === null || compareStamps(cell, seen) > 0
 }
 
-/** True when a cell version was written without its row's deleter having seen it. */
-function unseenByDeleter(cell: Stamp, tombstone: RowState): boolean {
-  if (cell.site === tombstone.clStamp.site) return false
-  return tombstone.seen === undefined || compareStamps(cell, tombstone.seen) > 0
-}
-
-function maxStamp(a: Stamp | undefined, b: Stamp | undefined): Stamp | undefined {
+/** Per column, the later of two deleters' views (equal causal length tombstones). */
+function joinSeen(
+  a: readonly (Stamp | null)[] | undefined,
+  b: readonly (Stamp | null)[] | undefined,
+): readonly (Stamp | null)[] | undefined {
   if (a === undefined) return b
   if (b === undefined) return a
-  return compareStamps(a, b) >= 0 ? a : b
+  let changed = false
+  const out = a.map((x, i) => {
+    const y = b[i] ?? null
+    if (y !== null && (x === null || compareStamps(y, x) > 0)) {
+      changed = true
+      return y
+    }
+    return x
+  })
+  return changed ? out : a
 }
 
 /** A concurrent write discarded by a merge. */
@@ -294,7 +304,7 @@ export function mergeRow(local: RowState | null, incoming: RowState): RowMerge {
     for (let c = 0; c < n; c++) if (cells[c]) won.push(c)
     if (!alive && local !== null && wasAlive) {
       local.cells.forEach((cell, c) => {
-        if (cell && unseenByDeleter(cell, incoming)) {
+        if (cell && unseenByDeleter(cell, c, incoming)) {
           conflicts.push({ column: c, incomingWon: true, deleted: true, winner: incoming.clStamp, loser: cell })
         }
       })
@@ -316,7 +326,7 @@ export function mergeRow(local: RowState | null, incoming: RowState): RowMerge {
   if (incoming.cl < localCl) {
     if (!wasAlive && isAlive(incoming.cl)) {
       incoming.cells.forEach((cell, c) => {
-        if (cell && unseenByDeleter(cell, local)) {
+        if (cell && unseenByDeleter(cell, c, local)) {
           conflicts.push({ column: c, incomingWon: false, deleted: true, winner: local.clStamp, loser: cell })
         }
       })
@@ -325,7 +335,7 @@ export function mergeRow(local: RowState | null, incoming: RowState): RowMerge {
   }
   const clStamp = compareStamps(incoming.clStamp, local.clStamp) > 0 ? incoming.clStamp : local.clStamp
   if (!wasAlive) {
-    const seen = maxStamp(local.seen, incoming.seen)
+    const seen = joinSeen(local.seen, incoming.seen)
     const deletions = unionStamps(local.deletions, incoming.deletions)
     const state: RowState = {
       cl: localCl,

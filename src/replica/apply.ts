@@ -50,7 +50,7 @@ export interface ApplyResult {
   /** Highest HLC applied per origin site. */
   held: Map<string, number>
   /** add-wins rows kept alive against a concurrent deletion, by table: to re-insert locally. */
-  revived: Map<SyncedTable, SqlValue[][]>
+  revived: Map<SyncedTable, { pk: SqlValue[]; was: RowState }[]>
   /** delete-wins rows re-inserted without seeing a concurrent deletion: to delete locally. */
   killed: Map<SyncedTable, SqlValue[][]>
 }
@@ -153,6 +153,21 @@ function remoteColumns(wt: WireTable): ColumnInfo[] {
   }))
 }
 
+/** A tombstone's per-column seen stamps, from payload columns to local ones (null: none). */
+function localSeen(seen: readonly (Stamp | null)[], mapping: readonly number[], n: number): (Stamp | null)[] {
+  const out = new Array<Stamp | null>(n).fill(null)
+  seen.forEach((s, j) => {
+    const c = mapping[j] ?? -1
+    if (c >= 0) out[c] = s
+  })
+  return out
+}
+
+function sameValue(a: SqlValue, b: SqlValue): boolean {
+  if (a instanceof Uint8Array && b instanceof Uint8Array) return sameBytes(a, b)
+  return a === b
+}
+
 function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
   return a.length === b.length && a.every((x, i) => x === b[i])
 }
@@ -172,7 +187,7 @@ export function applyPayload(
   let seenRows = 0
   const conflicts: ConflictRecord[] = []
   const held = new Map<string, number>()
-  const revivedByTable = new Map<SyncedTable, SqlValue[][]>()
+  const revivedByTable = new Map<SyncedTable, { pk: SqlValue[]; was: RowState }[]>()
   const killedByTable = new Map<SyncedTable, SqlValue[][]>()
   const hold = (site: string, hlc: number) => {
     if (hlc > (held.get(site) ?? 0)) held.set(site, hlc)
@@ -202,11 +217,14 @@ export function applyPayload(
     for (const row of rows) {
       const cells: (CellStamp | null)[] = new Array(n).fill(null)
       const values: SqlValue[] = new Array(n).fill(null)
-      let fresh = !covers(known, row.clStamp.site, row.clStamp.hlc)
+      const newLife = !covers(known, row.clStamp.site, row.clStamp.hlc)
+      let fresh = newLife
       let present = 0
       for (let j = 0; j < row.stamps.length; j++) {
         const stamp = row.stamps[j] as CellStamp | null
-        if (stamp === null || cellCovered(known, stamp)) continue
+        // Cells of a life not seen here all count: some may be versions carried over from
+        // an earlier life that the vector covers (see SyncedTable.carryOver).
+        if (stamp === null || (!newLife && cellCovered(known, stamp))) continue
         const c = mapping[j] as number
         if (c < 0) {
           // A column this replica does not have (yet): not held, so not claimed as seen.
@@ -256,7 +274,7 @@ export function applyPayload(
         cl: row.cl,
         clStamp: row.clStamp,
         cells,
-        ...(row.seen && { seen: row.seen }),
+        ...(row.seen && { seen: localSeen(row.seen, mapping, n) }),
         ...(row.deletions && { deletions: row.deletions }),
       }
       // A key this replica does not hold, of a life it has seen: that life was deleted and
@@ -299,7 +317,7 @@ export function applyPayload(
       const revive = t.schema.rows === 'add-wins' && m.wasAlive && !m.alive && m.conflicts.length > 0
       const before = m.conflicts.length && m.wasAlive ? t.readValues(row.pk) : undefined
       if (revive) {
-        revived.push(row.pk)
+        revived.push({ pk: row.pk, was: local as RowState })
       } else if (m.wasAlive && !m.alive) {
         t.deleteRow(row.pk)
         deleted++
@@ -326,6 +344,8 @@ export function applyPayload(
       const rowConflicts = t.schema.rows === 'add-wins' ? m.conflicts.filter((k) => !k.deleted) : m.conflicts
       for (const k of rowConflicts) {
         const localValue = (before?.[k.column] ?? null) as SqlValue
+        // Two concurrent writes of the same value lost nothing.
+        if (!k.deleted && sameValue(localValue, values[k.column] as SqlValue)) continue
         conflicts.push({
           table: t.name,
           pk: row.pk,

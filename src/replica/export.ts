@@ -64,12 +64,15 @@ export function encodeChanges(
     for (const raw of chain(tombstones(t) ? [false, true] : [true], (alive) => t.iterateChanged(floor, alive))) {
       const state = decodeRow(raw.slice(k, k + 5) as StoredRow, n, sites)
       const values = raw.slice(k + 5) as SqlValue[]
-      let any = !covers(since, state.clStamp.site, state.clStamp.hlc)
+      // A life the receiver has not seen goes whole: it needs every cell, including versions
+      // carried over from an earlier life (a revived row's counter parts and text blocks).
+      const newLife = !covers(since, state.clStamp.site, state.clStamp.hlc)
+      let any = newLife
       let stamps = state.cells
       for (let c = 0; c < n; c++) {
         const stamp = stamps[c] as CellStamp | null
         if (stamp === null) continue
-        if (!cellCovered(since, stamp)) {
+        if (newLife || !cellCovered(since, stamp)) {
           any = true
         } else {
           if (stamps === state.cells) stamps = stamps.slice()

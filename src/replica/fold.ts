@@ -4,7 +4,7 @@
  * the row's state moves as the local operation says. Runs inside the caller's transaction,
  * in batches, so a million pending writes fold in bounded memory.
  */
-import { withOwnPart } from '../core/algorithms.js'
+import { sumParts, withOwnPart } from '../core/algorithms.js'
 import { nextHlc } from '../core/hlc.js'
 import { counterCell, isAlive, localDelete, localInsert, localUpdate, type RowState, textCell } from '../core/merge.js'
 import { editBlocks } from '../core/text.js'
@@ -161,7 +161,13 @@ function foldMergeable(
     const v = values?.[c]
     const current = typeof v === 'bigint' || typeof v === 'number' ? v : 0n
     const base = before !== null && before.cl === state.cl ? (before.cells[c]?.parts ?? []) : []
-    cells[c] = counterCell(state.cl, withOwnPart(base, site, cell.hlc, current))
+    const parts = withOwnPart(base, site, cell.hlc, current)
+    cells[c] = counterCell(state.cl, parts)
+    // REAL parts may not add up to exactly the value written (0.1 - 3 + 3 is not 0.1), and
+    // every replica must show the sum of the parts: the row takes the sum, as the merge's
+    // own write, which is not captured again.
+    const sum = sumParts(parts)
+    if (sum !== current) table.writeQuietly(pk, c, sum)
   }
   for (const c of table.texts) {
     const cell = cells[c]

@@ -139,6 +139,9 @@ const F_ROW_STAMP = 2
 const F_PREV = 4
 const F_PARTS = 8
 const F_BLOCKS = 16
+/** Tombstone blob flags: deletions list, per-column seen stamps. */
+const T_DELETIONS = 1
+const T_SEEN = 2
 /** First byte of a live row's blob that starts with the deletions its life followed (delete-wins tables). */
 const F_DELETIONS = 0x80
 
@@ -160,15 +163,28 @@ export function decodeRow(stored: StoredRow, dataCount: number, sites: SiteTable
   const v = stored[4]
   const cells: (CellStamp | null)[] = new Array(dataCount)
   if (!isAlive(cl)) {
-    // A tombstone's blob, when present: a zero byte and its deletions (delete-wins
-    // tables), then what its deleter had seen (cl, hlc delta, site) if known.
+    // A tombstone's blob, when present: a zero byte, a flags byte, then its deletions
+    // (delete-wins tables) and per column the version its deleter had seen. Files from
+    // before hold one stamp (cl, hlc delta, site), the newest the deleter had, for all.
     cells.fill(null)
     if (v === null) return { cl, clStamp, cells }
     const r = new ByteReader(v)
-    const deletions = v[0] === 0 ? readStamps(r, clh, sites, true) : undefined
-    const seen: Stamp | undefined = r.remaining
-      ? { cl: r.uvarint(), hlc: clh + r.svarint(), site: sites.hex(r.uvarint()) }
-      : undefined
+    if (v[0] !== 0) {
+      const one: Stamp = { cl: r.uvarint(), hlc: clh + r.svarint(), site: sites.hex(r.uvarint()) }
+      return { cl, clStamp, cells, seen: new Array<Stamp>(dataCount).fill(one) }
+    }
+    r.byte()
+    const flags = r.byte()
+    const deletions = flags & T_DELETIONS ? readStamps(r, clh, sites, false) : undefined
+    let seen: (Stamp | null)[] | undefined
+    if (flags & T_SEEN) {
+      seen = []
+      for (let c = 0; c < dataCount; c++) {
+        seen.push(
+          r.remaining && r.byte() ? { cl: r.uvarint(), hlc: clh + r.svarint(), site: sites.hex(r.uvarint()) } : null,
+        )
+      }
+    }
     return { cl, clStamp, cells, ...(seen && { seen }), ...(deletions && { deletions }) }
   }
   if (v === null) {
@@ -279,14 +295,20 @@ export function encodeRow(state: RowState, sites: SiteTable): [number, number, n
   if (!isAlive(cl)) {
     if (!state.seen && !state.deletions) return [...head, null]
     scratch.reset()
-    if (state.deletions) {
-      scratch.byte(0)
-      writeStamps(scratch, state.deletions, clStamp.hlc, sites)
-    }
+    scratch.byte(0)
+    scratch.byte((state.deletions ? T_DELETIONS : 0) | (state.seen ? T_SEEN : 0))
+    if (state.deletions) writeStamps(scratch, state.deletions, clStamp.hlc, sites)
     if (state.seen) {
-      scratch.uvarint(state.seen.cl)
-      scratch.svarint(state.seen.hlc - clStamp.hlc)
-      scratch.uvarint(sites.idx(state.seen.site))
+      for (const s of state.seen) {
+        if (s === null) {
+          scratch.byte(0)
+          continue
+        }
+        scratch.byte(1)
+        scratch.uvarint(s.cl)
+        scratch.svarint(s.hlc - clStamp.hlc)
+        scratch.uvarint(sites.idx(s.site))
+      }
     }
     return [...head, scratch.finish().slice()]
   }

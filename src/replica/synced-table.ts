@@ -1,6 +1,6 @@
 /** A synced table: its schema, its metadata tables and the prepared statements that touch them. */
 import { HLC_TICKS_PER_MS } from '../core/hlc.js'
-import type { RowState } from '../core/merge.js'
+import { counterCell, isAlive, type RowState, textCell } from '../core/merge.js'
 import type { SqlValue } from '../core/values.js'
 import type { SqliteDatabase, SqliteStatement } from '../driver/types.js'
 import { keyString } from './fold.js'
@@ -156,6 +156,27 @@ export class SyncedTable {
     this.#db.exec('RELEASE converge_fold')
     this.#db.prepare(`DELETE FROM ${log} WHERE seq <= ?`).run(s.hi)
     return { clock: s.hi - s.lo + 1 + Math.max(base, s.lead + s.lo - 1), folded: s.n }
+  }
+
+  /**
+   * After a row was revived (a new life written locally over a deletion), its counter and
+   * text cells take the parts and blocks they held in the old life, as they were: every
+   * replica that revives the row carries the same ones, so they join instead of adding up.
+   * (A life new to a receiver travels with all its cells, so old versions arrive too.)
+   */
+  carryOver(pk: readonly SqlValue[], was: RowState): void {
+    const state = this.loadState(pk)
+    if (state === null || !isAlive(state.cl) || (this.counters.length === 0 && this.texts.length === 0)) return
+    const cells = state.cells.slice()
+    for (const c of this.counters) {
+      const parts = was.cells[c]?.parts
+      if (parts) cells[c] = counterCell(state.cl, parts)
+    }
+    for (const c of this.texts) {
+      const blocks = was.cells[c]?.blocks
+      if (blocks) cells[c] = textCell(state.cl, blocks, state.clStamp)
+    }
+    this.saveState(pk, { ...state, cells }, true)
   }
 
   /** Logs a write of every column of a row, as the INSERT trigger would (the fold stamps it). */
@@ -356,6 +377,16 @@ export class SyncedTable {
       this.#updates.set(sig, stmt)
     }
     this.#own(pk, () => stmt.run(...values, ...pk))
+  }
+
+  /** Sets one data column of a row without the write being captured as a local change. */
+  writeQuietly(pk: readonly SqlValue[], column: number, value: SqlValue): void {
+    const before = (this.#logMax.get() as { m: number | null }).m ?? 0
+    cached(
+      this.#db,
+      `UPDATE ${quoteId(this.name)} SET ${quoteId(this.#dataName(column))} = ? WHERE ${this.#keyWhere}`,
+    ).run(value, ...pk)
+    this.#logEcho.run(before, ...pk)
   }
 
   /** Sets the given data columns of a row back to their DEFAULT (NULL without one). */

@@ -111,8 +111,8 @@ export interface WireRow {
   readonly stamps: readonly (CellStamp | null)[]
   /** Parallel to `stamps`; meaningless where the stamp is null. */
   readonly values: readonly SqlValue[]
-  /** Deleted rows: the newest cell version the deleter had seen (see RowState.seen). */
-  readonly seen?: Stamp
+  /** Deleted rows: per non-key column, the version the deleter had seen (see RowState.seen). */
+  readonly seen?: readonly (Stamp | null)[]
   /** Delete-wins tables: the deletions of the ended life (tombstones) or of the previous one (live rows); see RowState.deletions. */
   readonly deletions?: readonly Stamp[]
 }
@@ -202,9 +202,16 @@ export class PayloadEncoder {
           }
         }
         if (seen) {
-          rw.uvarint(seen.cl)
-          rw.svarint(seen.hlc - row.clStamp.hlc)
-          rw.uvarint(this.#site(seen.site))
+          for (const s of seen) {
+            if (s === null) {
+              rw.byte(0)
+              continue
+            }
+            rw.byte(1)
+            rw.uvarint(s.cl)
+            rw.svarint(s.hlc - row.clStamp.hlc)
+            rw.uvarint(this.#site(s.site))
+          }
         }
       }
     }
@@ -351,6 +358,7 @@ export class DecodedPayload {
   readonly #chunksStart: number
   readonly #chunksEnd: number
   readonly #codec: PayloadCodec
+  readonly #format: number
 
   private constructor(
     header: PayloadHeader,
@@ -359,8 +367,10 @@ export class DecodedPayload {
     start: number,
     end: number,
     codec: PayloadCodec,
+    format: number,
   ) {
     this.#codec = codec
+    this.#format = format
     this.header = header
     this.#buf = buf
     this.#sites = sites
@@ -456,7 +466,7 @@ export class DecodedPayload {
       chunkCount,
       complete: (flags & FLAG_COMPLETE) !== 0,
     }
-    return new DecodedPayload(header, buf, sites, r.position, end, codec)
+    return new DecodedPayload(header, buf, sites, r.position, end, codec, format)
   }
 
   /** Decodes chunks one at a time, validating every field; throws `BAD_PAYLOAD` on any defect. */
@@ -524,7 +534,7 @@ export class DecodedPayload {
       clStamp: Stamp
       stamps: (CellStamp | null)[]
       values: SqlValue[]
-      seen?: Stamp
+      seen?: (Stamp | null)[]
       deletions?: Stamp[]
     }[] = []
     let lastHlc = 0
@@ -543,7 +553,7 @@ export class DecodedPayload {
       if (cl % 2 === 0 || tracked) {
         const flag = rs.byte()
         if (flag > 3 || (flag & 1 && cl % 2 === 1) || (flag & 2 && !tracked)) throw badPayload('bad row flags')
-        const row = rows[rows.length - 1] as { seen?: Stamp; deletions?: Stamp[] }
+        const row = rows[rows.length - 1] as { seen?: (Stamp | null)[]; deletions?: Stamp[] }
         if (flag & 2) {
           // Deletions of the life that ended here (tombstone) or just before (live row).
           const life = cl % 2 === 0 ? cl : cl - 1
@@ -558,9 +568,22 @@ export class DecodedPayload {
           row.deletions = deletions
         }
         if (flag & 1) {
-          const scl = rs.uvarint()
-          if (scl < 1 || scl >= cl || scl % 2 === 0) throw badPayload('bad tombstone life')
-          row.seen = { cl: scl, hlc: this.#hlc(lastHlc + rs.svarint()), site: this.#siteAt(rs.uvarint()) }
+          // Per non-key column what the deleter had seen; format 1 has one stamp for all.
+          const dataCount = t.columns.length - t.pkCount
+          const readStamp = (): Stamp => {
+            const scl = rs.uvarint()
+            if (scl < 1 || scl >= cl || scl % 2 === 0) throw badPayload('bad tombstone life')
+            return { cl: scl, hlc: this.#hlc(lastHlc + rs.svarint()), site: this.#siteAt(rs.uvarint()) }
+          }
+          if (this.#format === 1) row.seen = new Array<Stamp>(dataCount).fill(readStamp())
+          else {
+            row.seen = []
+            for (let c = 0; c < dataCount; c++) {
+              const has = rs.byte()
+              if (has > 1) throw badPayload('bad tombstone flag')
+              row.seen.push(has ? readStamp() : null)
+            }
+          }
         }
       }
     }
