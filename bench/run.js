@@ -290,7 +290,7 @@ function formatNumber(value, unit) {
   if (value === null) return '-'
   if (unit === 'bytes') return value >= 2 ** 20 ? `${(value / 2 ** 20).toFixed(1)} MiB` : `${value.toFixed(1)} B`
   if (unit === 'rows/s') return `${Math.round(value).toLocaleString('en')} rows/s`
-  return `${value.toFixed(unit === 'ms' ? 0 : 1)} ${unit}`
+  return `${value.toFixed(unit === 'ms' || unit === 'rows' ? 0 : 1)} ${unit}`
 }
 
 function printTable({ figures, correctness }, info) {
