@@ -129,6 +129,26 @@ describe('ALTER TABLE ADD COLUMN on a synced table', () => {
     expect(rows(a)).toEqual([{ id: '1', title: 'milk again', done: 0, due: 'soon' }])
   })
 
+  it("a row that holds a column default since it was created gets the receiver's DEFAULT, even through a relay without one", () => {
+    const old = replica(0)
+    old.db.exec(`INSERT INTO todos (id, title) VALUES ('1', 'milk')`)
+    // A relay (like the sync server's copy) that added the column without a DEFAULT.
+    const relay = replica(1)
+    relay.db.exec('ALTER TABLE todos ADD COLUMN due TEXT')
+    sync(old, relay)
+    expect(rows(relay)).toEqual([{ id: '1', title: 'milk', done: 0, due: null }])
+    const app = replica(
+      2,
+      `CREATE TABLE todos (id TEXT PRIMARY KEY, title TEXT, done INTEGER NOT NULL DEFAULT 0, due TEXT DEFAULT 'someday')`,
+    )
+    sync(relay, app)
+    expect(rows(app)).toEqual([{ id: '1', title: 'milk', done: 0, due: 'someday' }])
+    // A real write to the column wins over the default everywhere.
+    relay.db.exec(`UPDATE todos SET due = 'monday'`)
+    sync(relay, app)
+    expect(rows(app)).toEqual([{ id: '1', title: 'milk', done: 0, due: 'monday' }])
+  })
+
   it('keeps working across reopen, from another connection, and past 62 columns (a second change-mask word)', () => {
     const file = join(dir, 'wide.db')
     const a = replica(0, TODOS, file)

@@ -10,6 +10,7 @@ import {
   type CellStamp,
   cellCovered,
   compareStamps,
+  DEFAULT_HLC,
   defaultCell,
   deleteWins,
   isAlive,
@@ -270,6 +271,9 @@ export function applyPayload(
           if (t.schema.data[c]?.algorithm === 'lww') cells[c] = defaultCell(row.cl, row.clStamp.site)
         }
       }
+      // A default cell stands for the column's DEFAULT, which is this replica's to say (the
+      // sender's copy of the table may declare none, like a server's).
+      for (let c = 0; c < n; c++) if (cells[c]?.hlc === DEFAULT_HLC) values[c] = t.defaultValue(c)
       const incoming: RowState = {
         cl: row.cl,
         clStamp: row.clStamp,

@@ -497,7 +497,7 @@ export class Replica {
       this.#setClock(Math.max(this.#clock, header.maxHlc))
       // The snapshot's sender may have compacted deletions this replica never saw: below
       // its vector, this replica too may now lack tombstones.
-      if (header.complete) raiseCompactionFloor(this.db, header.vector)
+      if (header.complete && result.unknown === 0 && result.skipped === 0) raiseCompactionFloor(this.db, header.vector)
       const auto = this.#options.autoCompact
       if (auto !== false && this.#deletesSinceCompact >= auto) this.#compact()
       return { applied: result.applied, conflicts: result.conflicts.length }

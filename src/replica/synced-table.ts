@@ -379,6 +379,13 @@ export class SyncedTable {
     this.#own(pk, () => stmt.run(...values, ...pk))
   }
 
+  /** The value of a data column's DEFAULT here (NULL without one). */
+  defaultValue(column: number): SqlValue {
+    const expr = this.schema.data[column]?.dflt ?? 'NULL'
+    const row = cached(this.#db, `SELECT ${expr} AS v`).raw().safeIntegers().get() as SqlValue[]
+    return row[0] as SqlValue
+  }
+
   /** Sets one data column of a row without the write being captured as a local change. */
   writeQuietly(pk: readonly SqlValue[], column: number, value: SqlValue): void {
     const before = (this.#logMax.get() as { m: number | null }).m ?? 0

@@ -128,8 +128,9 @@ export interface PayloadHeader {
   readonly rowCounts: readonly number[]
   readonly chunkCount: number
   /**
-   * The payload holds every live row of the tables it lists and no deleted ones: a live row
-   * of the receiver whose life `vector` covers and that the payload lacks was deleted by
+   * The payload holds every live row of the tables it lists (and the tombstones of tables
+   * that are never compacted, none of 'causal' ones): a live row of the receiver, in a
+   * 'causal' table, whose life `vector` covers and that the payload lacks was deleted by
    * the sender, which may have compacted the deletion away.
    */
   readonly complete: boolean
