@@ -134,6 +134,8 @@ interface TableFields {
   algorithms: Span[]
   /** The table's row mode string (format 2). */
   rows: Span
+  /** The table's causal-length floor (format 2). */
+  clFloor: Span
 }
 
 interface Parsed {
@@ -203,8 +205,11 @@ function parsePayload(buf: Uint8Array): Parsed {
       algorithms.push(string())
     }
     const rows = string()
+    const clFloorStart = pos
+    u() // causal-length floor of compacted tombstones
+    const clFloor: Span = [clFloorStart, pos]
     u() // row count
-    tables.push({ pkCount, firstColumnName, hash, algorithms, rows })
+    tables.push({ pkCount, firstColumnName, hash, algorithms, rows, clFloor })
   }
   const header = buf.slice(0, pos)
   const chunks: Chunk[] = []
@@ -1144,7 +1149,7 @@ describe('mutations that keep a valid checksum', () => {
       const v1 = spliceHeader(
         header,
         fields.tables.flatMap((t) =>
-          [...t.algorithms, t.rows].map((span): [Span, Uint8Array] => [span, new Uint8Array()]),
+          [...t.algorithms, t.rows, t.clFloor].map((span): [Span, Uint8Array] => [span, new Uint8Array()]),
         ),
       )
       v1[4] = 1

@@ -70,6 +70,13 @@ export function dropTombstones(db: SqliteDatabase, tables: readonly SyncedTable[
   let dropped = 0
   for (const t of tables) {
     if (t.schema.rows !== 'causal') continue
+    const covered = `cl % 2 = 0 AND EXISTS (
+           SELECT 1 FROM ${PREFIX}sites s JOIN json_each(?) v ON v.key = s.site
+           WHERE s.idx = ${rowsTable(t.id)}.cls AND ${rowsTable(t.id)}.clh <= v.value)`
+    const top = db.prepare(`SELECT max(cl) AS cl FROM ${rowsTable(t.id)} WHERE ${covered}`).get(json) as {
+      cl: number | null
+    }
+    if (top.cl !== null) t.raiseClFloor(Number(top.cl))
     dropped += db
       .prepare(
         `DELETE FROM ${rowsTable(t.id)} WHERE cl % 2 = 0 AND EXISTS (

@@ -26,6 +26,7 @@ export function wireTable(t: SyncedTable): WireTable {
     algorithms: cols.map((c) => c.algorithm),
     delimiters: cols.map((c) => (c.algorithm === 'text' ? (c.delimiter as string) : '')),
     rows: t.schema.rows,
+    clFloor: t.clFloor,
   }
 }
 

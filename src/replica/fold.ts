@@ -113,7 +113,7 @@ export function foldTable(
       clock = nextHlc(clock, Number(entry[2]))
       const pk = entry.slice(3 + words) as SqlValue[]
       const item = pending.get(keyString(pk)) as { pk: SqlValue[]; state: RowState | null }
-      if (op === OP_INSERT) item.state = localInsert(item.state, clock, site, n, track)
+      if (op === OP_INSERT) item.state = localInsert(item.state ?? compactedBase(table, n), clock, site, n, track)
       else if (op === OP_DELETE) {
         item.state = localDelete(item.state, clock, site, n, track)
         deleted++
@@ -180,4 +180,15 @@ function foldMergeable(
     cells[c] = textCell(state.cl, editBlocks(base, text, delimiter, cell.hlc, site), cell)
   }
   return { ...state, cells }
+}
+
+/**
+ * The state a key with no metadata starts from: nothing, or, once tombstones were compacted
+ * away, a deleted life at the causal-length floor, so the first life starts above any
+ * tombstone of the key that some replica may still hold.
+ */
+function compactedBase(table: SyncedTable, n: number): RowState | null {
+  const cl = table.clFloor
+  if (cl === 0) return null
+  return { cl, clStamp: { cl, hlc: 0, site: '' }, cells: new Array(n).fill(null) }
 }

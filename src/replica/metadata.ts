@@ -31,7 +31,8 @@ CREATE TABLE IF NOT EXISTS ${PREFIX}tables (
   hash BLOB NOT NULL,
   options TEXT,
   columns TEXT,
-  triggers TEXT
+  triggers TEXT,
+  clfloor INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS ${PREFIX}conflicts (
   id INTEGER PRIMARY KEY,

@@ -25,6 +25,8 @@ export interface StoredTable {
   columns: string | null
   /** Digest of the trigger SQL installed for the table. */
   triggers: string | null
+  /** See SyncedTable.clFloor. */
+  clfloor: number
 }
 
 interface StoredColumns {

@@ -1,7 +1,7 @@
 /** The replica: a SQLite database whose synced tables exchange changes with other replicas. */
 import { ConvergeError } from '../core/errors.js'
 import { exceedsDrift, hlcToMillis } from '../core/hlc.js'
-import { cellCovered } from '../core/merge.js'
+import { cellCovered, DEFAULT_HLC } from '../core/merge.js'
 import { type AppValue, type SqlValue, toAppValue } from '../core/values.js'
 import { dominates, type VersionVector } from '../core/version-vector.js'
 import type { SqliteDatabase } from '../driver/types.js'
@@ -273,9 +273,14 @@ export class Replica {
       db.exec(BUNDLE_DDL)
       // Files from before per-table options and living schemas: add the columns (NULL
       // options read as the defaults; NULL columns and triggers are filled on load).
-      for (const column of ['options', 'columns', 'triggers']) {
+      for (const [column, type] of [
+        ['options', 'TEXT'],
+        ['columns', 'TEXT'],
+        ['triggers', 'TEXT'],
+        ['clfloor', 'INTEGER NOT NULL DEFAULT 0'],
+      ]) {
         if (!db.prepare(`SELECT 1 FROM pragma_table_info('${PREFIX}tables') WHERE name = ?`).get(column)) {
-          db.exec(`ALTER TABLE ${PREFIX}tables ADD COLUMN ${column} TEXT`)
+          db.exec(`ALTER TABLE ${PREFIX}tables ADD COLUMN ${column} ${type}`)
         }
       }
       const get = (key: string) =>
@@ -447,6 +452,8 @@ export class Replica {
     }
     return this.#write(() => {
       const matched = matchTables(decoded, this.#tables)
+      // Fresh keys start above every tombstone the sender (or its peers) compacted away.
+      for (const wt of header.tables) if (wt.clFloor > 0) this.#tables.get(wt.name)?.raiseClFloor(wt.clFloor)
       this.db.exec('PRAGMA defer_foreign_keys = ON')
       this.#foldAll()
       const known = this.#vector()
@@ -476,7 +483,8 @@ export class Replica {
       for (const [t, rows] of result.revived) for (const { pk } of rows) t.logLocalInsert(pk)
       // Ordinary deletes with the capture triggers on: foreign-key actions apply as for any delete.
       for (const [t, keys] of result.killed) for (const pk of keys) t.deleteRowLocally(pk)
-      if (header.complete) this.#deleteMissing(decoded, result.conflicts)
+      // Rows a complete snapshot lacks were deleted: each counts as a row life ended.
+      if (header.complete) result.applied += this.#deleteMissing(decoded, result.conflicts)
       this.#deletesSinceCompact += result.deleted
       this.#foldAll()
       // A revived row's new life keeps what its counter and text cells held (two replicas
@@ -753,15 +761,17 @@ export class Replica {
    * covers and that it does not hold are deleted as local writes; cells the sender had not
    * seen go to the conflict log, as any update lost to a concurrent delete.
    */
-  #deleteMissing(decoded: DecodedPayload, conflicts: ConflictRecord[]): void {
+  #deleteMissing(decoded: DecodedPayload, conflicts: ConflictRecord[]): number {
     const { header } = decoded
+    let deleted = 0
     for (const [t, keys] of rowsMissingFromSnapshot(this.db, decoded, this.#tables)) {
       if (t.schema.rows !== 'causal') continue
       for (const pk of keys as SqlValue[][]) {
         const state = t.loadState(pk)
         const values = t.readValues(pk)
         state?.cells.forEach((cell, c) => {
-          if (!cell || cellCovered(header.vector, cell)) return
+          // A default cell was never written: nothing of it is lost.
+          if (!cell || cell.hlc === DEFAULT_HLC || cellCovered(header.vector, cell)) return
           conflicts.push({
             table: t.name,
             pk,
@@ -774,8 +784,10 @@ export class Replica {
           })
         })
         t.deleteRowLocally(pk)
+        deleted++
       }
     }
+    return deleted
   }
 
   #recordConflicts(conflicts: readonly ConflictRecord[]): void {
@@ -841,13 +853,17 @@ export class Replica {
     const version = (cached(this.db, 'PRAGMA schema_version').get() as { schema_version: number }).schema_version
     const rows = cached(
       this.db,
-      `SELECT id, name, hash, options, columns, triggers FROM ${PREFIX}tables`,
+      `SELECT id, name, hash, options, columns, triggers, clfloor FROM ${PREFIX}tables`,
     ).all() as StoredTable[]
     if (version === this.#schemaVersion && rows.length === this.#tables.size) return
     for (const stored of rows) {
       const known = this.#tables.get(stored.name)
       const { schema, rebuilt } = reconcileTable(this.db, stored, known?.schema)
-      if (rebuilt) this.#tables.set(stored.name, new SyncedTable(this.db, this.#sites, stored.id, schema))
+      if (rebuilt) {
+        this.#tables.set(stored.name, new SyncedTable(this.db, this.#sites, stored.id, schema, Number(stored.clfloor)))
+      } else if (known && Number(stored.clfloor) > known.clFloor) {
+        known.clFloor = Number(stored.clfloor) // raised by another connection
+      }
     }
     // Read again: the reconciliation may itself have changed the schema (triggers).
     this.#schemaVersion = (cached(this.db, 'PRAGMA schema_version').get() as { schema_version: number }).schema_version

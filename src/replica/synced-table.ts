@@ -10,6 +10,7 @@ import {
   keyColumns,
   logTable,
   maskWords,
+  PREFIX,
   rowsTable,
   type SiteTable,
   type StoredRow,
@@ -35,6 +36,11 @@ export class SyncedTable {
   readonly counters: readonly number[]
   /** Data column indexes of text columns. */
   readonly texts: readonly number[]
+  /**
+   * The highest causal length of a tombstone compacted away here or by a peer we heard
+   * from (even; 0: none). A key with no state starts its first life above it.
+   */
+  clFloor: number
   readonly #db: SqliteDatabase
   readonly #sites: SiteTable
   readonly #getRow: SqliteStatement
@@ -62,13 +68,14 @@ export class SyncedTable {
   /** `WHERE` clause matching the user table's key columns to parameters. */
   readonly #keyWhere: string
 
-  constructor(db: SqliteDatabase, sites: SiteTable, id: number, schema: TableSchema) {
+  constructor(db: SqliteDatabase, sites: SiteTable, id: number, schema: TableSchema, clFloor = 0) {
     this.#db = db
     this.#sites = sites
     this.id = id
     this.schema = schema
     this.counters = schema.data.flatMap((c, i) => (c.algorithm === 'counter' ? [i] : []))
     this.texts = schema.data.flatMap((c, i) => (c.algorithm === 'text' ? [i] : []))
+    this.clFloor = clFloor
     const keys = keyColumns(schema.pk.length)
     const keyMatch = keys.map((k) => `${k} = ?`).join(' AND ')
     const table = quoteId(schema.name)
@@ -145,7 +152,7 @@ export class SyncedTable {
       this.#db
         .prepare(
           `INSERT INTO ${rowsTable(this.id)} (${keys}, cl, clh, cls, md, v)
-           SELECT ${keys}, 1, h, 0, 0, NULL FROM (SELECT ${keys}, ${hlc} AS h FROM ${log} ${range}) ORDER BY ${keys}`,
+           SELECT ${keys}, ${this.clFloor + 1}, h, 0, 0, NULL FROM (SELECT ${keys}, ${hlc} AS h FROM ${log} ${range}) ORDER BY ${keys}`,
         )
         .run(base)
     } catch (err) {
@@ -177,6 +184,14 @@ export class SyncedTable {
       if (blocks) cells[c] = textCell(state.cl, blocks, state.clStamp)
     }
     this.saveState(pk, { ...state, cells }, true)
+  }
+
+  /** Raises the causal-length floor (see {@link clFloor}); stored with the table. */
+  raiseClFloor(cl: number): void {
+    // Only 'causal' tables are compacted; the floor means nothing for the others.
+    if (cl <= this.clFloor || this.schema.rows !== 'causal' || cl % 2 === 1) return
+    this.clFloor = cl
+    cached(this.#db, `UPDATE ${PREFIX}tables SET clfloor = ? WHERE id = ?`).run(cl, this.id)
   }
 
   /** Logs a write of every column of a row, as the INSERT trigger would (the fold stamps it). */

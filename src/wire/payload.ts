@@ -97,6 +97,11 @@ export interface WireTable {
   readonly delimiters: readonly string[]
   /** The table's row mode. */
   readonly rows: RowMode
+  /**
+   * The highest causal length of a tombstone the sender compacted away (0: none): fresh
+   * keys start above it, so a re-insert beats a tombstone some replica still holds.
+   */
+  readonly clFloor: number
 }
 
 /**
@@ -329,6 +334,7 @@ export class PayloadEncoder {
         if (t.algorithms[j] === 'text') h.string(t.delimiters[j] as string)
       })
       h.string(t.rows)
+      h.uvarint(t.clFloor)
       h.uvarint(this.#rowCounts[i] as number)
     })
     h.uvarint(this.#chunkCount)
@@ -451,8 +457,10 @@ export class DecodedPayload {
       }
       const rows = format === 1 ? 'causal' : (r.string() as RowMode)
       if (!ROW_MODES.includes(rows)) throw badPayload(`table ${name}: unknown row mode`)
+      const clFloor = format === 1 ? 0 : r.uvarint()
+      if (clFloor % 2 === 1) throw badPayload(`table ${name}: odd causal-length floor`)
       if (new Set(columns).size !== columns.length) throw badPayload(`table ${name}: duplicate column`)
-      tables.push({ name, hash, pkCount, columns, affinities, algorithms, delimiters, rows })
+      tables.push({ name, hash, pkCount, columns, affinities, algorithms, delimiters, rows, clFloor })
       rowCounts.push(r.uvarint())
     }
     if (new Set(tables.map((t) => t.name)).size !== tables.length) throw badPayload('duplicate table')
