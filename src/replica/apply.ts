@@ -157,10 +157,15 @@ function remoteColumns(wt: WireTable): ColumnInfo[] {
 /** A tombstone's per-column seen stamps, from payload columns to local ones (null: none). */
 function localSeen(seen: readonly (Stamp | null)[], mapping: readonly number[], n: number): (Stamp | null)[] {
   const out = new Array<Stamp | null>(n).fill(null)
+  let newest: Stamp | null = null
   seen.forEach((s, j) => {
     const c = mapping[j] ?? -1
     if (c >= 0) out[c] = s
+    if (s !== null && (newest === null || compareStamps(s, newest) > 0)) newest = s
   })
+  // A column the deleter does not have: it saw what it saw of the row up to its newest
+  // version (the approximation tombstones made before they held one stamp per column).
+  for (let c = 0; c < n; c++) if (!mapping.includes(c)) out[c] = newest
   return out
 }
 

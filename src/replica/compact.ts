@@ -8,10 +8,11 @@
  * Only 'causal' tables are compacted: 'add-wins' and 'delete-wins' decide a concurrent
  * update or re-insertion against the deleted life, so they keep their tombstones.
  */
-import { dominates, type VersionVector } from '../core/version-vector.js'
+import { DEFAULT_HLC } from '../core/merge.js'
+import { covers, dominates, type VersionVector } from '../core/version-vector.js'
 import type { SqliteDatabase } from '../driver/types.js'
 import type { DecodedPayload } from '../wire/payload.js'
-import { keyColumns, PREFIX, rowsTable } from './metadata.js'
+import { keyColumns, PREFIX, rowsTable, type StoredRow } from './metadata.js'
 import { quoteId } from './sql.js'
 import { cached } from './statements.js'
 import type { SyncedTable } from './synced-table.js'
@@ -70,20 +71,32 @@ export function dropTombstones(db: SqliteDatabase, tables: readonly SyncedTable[
   let dropped = 0
   for (const t of tables) {
     if (t.schema.rows !== 'causal') continue
-    const covered = `cl % 2 = 0 AND EXISTS (
-           SELECT 1 FROM ${PREFIX}sites s JOIN json_each(?) v ON v.key = s.site
-           WHERE s.idx = ${rowsTable(t.id)}.cls AND ${rowsTable(t.id)}.clh <= v.value)`
-    const top = db.prepare(`SELECT max(cl) AS cl FROM ${rowsTable(t.id)} WHERE ${covered}`).get(json) as {
-      cl: number | null
-    }
-    if (top.cl !== null) t.raiseClFloor(Number(top.cl))
-    dropped += db
+    const keys = keyColumns(t.schema.pk.length)
+    // Candidates: tombstones whose deletion the floor covers. One is dropped only if the
+    // floor also covers every version of the ended life its deleter had seen: then a copy
+    // of that life arriving later is recognised as seen (and deleted) by the import.
+    const candidates = db
       .prepare(
-        `DELETE FROM ${rowsTable(t.id)} WHERE cl % 2 = 0 AND EXISTS (
-           SELECT 1 FROM ${PREFIX}sites s JOIN json_each(?) v ON v.key = s.site
-           WHERE s.idx = ${rowsTable(t.id)}.cls AND ${rowsTable(t.id)}.clh <= v.value)`,
+        `SELECT ${keys.join(', ')}, cl, clh, cls, md, v FROM ${rowsTable(t.id)} r WHERE cl % 2 = 0 AND EXISTS (
+           SELECT 1 FROM ${PREFIX}sites s JOIN json_each(?) v ON v.key = s.site WHERE s.idx = r.cls AND r.clh <= v.value)`,
       )
-      .run(json).changes
+      .raw()
+      .safeIntegers()
+      .all(json) as unknown[][]
+    const drop = db.prepare(`DELETE FROM ${rowsTable(t.id)} WHERE ${keys.map((k) => `${k} = ?`).join(' AND ')}`)
+    let top = 0
+    for (const row of candidates) {
+      const pk = row.slice(0, keys.length)
+      const state = t.decodeStored(row.slice(keys.length) as StoredRow)
+      const seenCovered = (state.seen ?? []).every(
+        (s) => s === null || s.hlc === DEFAULT_HLC || covers(floor, s.site, s.hlc),
+      )
+      if (!seenCovered) continue
+      drop.run(...pk)
+      dropped++
+      if (state.cl > top) top = state.cl
+    }
+    t.raiseClFloor(top)
   }
   return dropped
 }

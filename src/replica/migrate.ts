@@ -13,7 +13,7 @@ import { bytesToHex } from '../wire/payload.js'
 import { keyColumns, logTable, MASK_BITS, maskWords, PREFIX, rowsTable } from './metadata.js'
 import { checkTableOptions, readTableSchema, type TableSchema } from './schema.js'
 import { NOW_MS_SQL, quoteId } from './sql.js'
-import { createTriggersSql, dropTriggersSql, OP_UPDATE } from './triggers.js'
+import { createTriggersSql, dropTriggersSql, OP_INSERT, OP_UPDATE } from './triggers.js'
 
 /** A row of `_converge_tables`. */
 export interface StoredTable {
@@ -168,10 +168,13 @@ function addColumns(db: SqliteDatabase, id: number, oldCount: number, schema: Ta
   })
   const keys = keyColumns(schema.pk.length)
   const changed = added.map((c) => `${quoteId(c.name)} IS NOT ${c.dflt ?? 'NULL'}`).join(' OR ')
+  // Rows whose insert is still in the log need nothing: the insert writes every column.
+  const sameKey = keys.map((k, i) => `l.${k} IS t.${quoteId((schema.pk[i] as { name: string }).name)}`).join(' AND ')
   db.exec(
     `INSERT INTO ${logTable(id)} (op, ts, ${[...masks.map((_, w) => `m${w}`), ...keys].join(', ')})
-     SELECT ${OP_UPDATE}, ${NOW_MS_SQL}, ${[...masks, ...schema.pk.map((c) => quoteId(c.name))].join(', ')}
-     FROM ${quoteId(schema.name)} WHERE ${changed}`,
+     SELECT ${OP_UPDATE}, ${NOW_MS_SQL}, ${[...masks, ...schema.pk.map((c) => `t.${quoteId(c.name)}`)].join(', ')}
+     FROM ${quoteId(schema.name)} t WHERE (${changed})
+       AND NOT EXISTS (SELECT 1 FROM ${logTable(id)} l WHERE l.op = ${OP_INSERT} AND ${sameKey})`,
   )
 }
 

@@ -402,11 +402,11 @@ export class Replica {
         held.set(r.site, r.held)
       }
       // A receiver that has seen less than the compaction floor may hold rows whose
-      // deletion is gone from here: it gets every live row (and the tombstones of tables
-      // that are never compacted), marked complete, and deletes what the payload lacks.
+      // deletion is gone from here: it gets every row this replica holds, live or deleted,
+      // marked complete, and deletes the rows of lives it has seen that the payload lacks.
       const complete = !snapshot && needsSnapshot(this.db, since)
       const from = complete ? {} : since
-      const tombstones = snapshot ? () => false : complete ? (t: SyncedTable) => t.schema.rows !== 'causal' : undefined
+      const tombstones = snapshot ? () => false : undefined
       encodeChanges(encoder, tables, this.#sites, from, scanFloor(held, from), onProgress, tombstones)
       const vector = announcedVector(this.db, this.siteId, this.#vector(), from, snapshot || complete)
       return { payload: encoder.finish(vector, from, this.#clock, complete), rows: encoder.rows }

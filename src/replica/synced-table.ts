@@ -213,6 +213,11 @@ export class SyncedTable {
     this.#logClear.run(throughSeq)
   }
 
+  /** Decodes a stored metadata row ([cl, clh, cls, md, v]) of this table. */
+  decodeStored(stored: StoredRow): RowState {
+    return decodeRow(stored, this.dataCount, this.#sites)
+  }
+
   /** The merge state of a key, or null when the replica has never seen it. */
   loadState(pk: readonly SqlValue[]): RowState | null {
     const stored = this.#getRow.get(...pk) as StoredRow | undefined
