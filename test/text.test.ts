@@ -166,15 +166,30 @@ describe('text columns between replicas', () => {
     expect(body(b)).toBe('one\nTHREE')
   })
 
-  it('the same line edited on both sides: the later edit wins, the note stays whole', () => {
+  it('the same line edited on both sides: the later edit wins, the other goes to the conflict log and can be restored', () => {
     const [a, b] = [note(0), note(1)]
-    a.db.prepare('INSERT INTO notes VALUES (1, ?, ?)').run('t', 'one\ntwo')
+    a.db.prepare('INSERT INTO notes VALUES (1, ?, ?)').run('t', 'one\ntwo\nthree')
     sync(a, b)
-    write(a, 'one\ntwo (a)')
-    write(b, 'one\ntwo (b)')
+    write(a, 'one\ntwo (a)\nthree')
+    write(b, 'ONE\ntwo (b)\nthree')
     settle([a, b])
-    expect(['one\ntwo (a)', 'one\ntwo (b)']).toContain(body(a))
+    expect(body(a)).toBe('ONE\ntwo (b)\nthree') // b's edit is later
     expect(body(b)).toBe(body(a))
+    // Both replicas log the lost line, as the whole note with that line as it was written.
+    for (const r of [a, b]) {
+      expect(r.conflicts()).toMatchObject([
+        { table: 'notes', column: 'body', kind: 'update', kept: 'ONE\ntwo (b)\nthree', lost: 'ONE\ntwo (a)\nthree' },
+      ])
+    }
+    // A sequential edit of a line someone else wrote is not a conflict.
+    write(a, 'ONE\ntwo (b), then a\nthree')
+    settle([a, b])
+    expect(b.conflicts()).toHaveLength(1)
+    // Restoring brings the lost line back as a new edit, everywhere.
+    const [c] = a.conflicts()
+    a.resolveConflict((c as { id: number }).id, 'restore')
+    settle([a, b])
+    expect(body(b)).toBe('ONE\ntwo (a)\nthree')
   })
 
   it('works with another delimiter (paragraphs), NULL and the empty string', () => {

@@ -5,7 +5,7 @@
  * takes the later write, ties broken by site id.
  */
 import { type CounterPart, joinParts, newestPart } from './algorithms.js'
-import { joinBlocks, type TextBlock } from './text.js'
+import { type BlockConflict, joinBlocks, type TextBlock } from './text.js'
 import { covers, type VersionVector } from './version-vector.js'
 
 /** Who wrote a cell version, and when. */
@@ -269,6 +269,8 @@ export interface MergeConflict {
   readonly deleted: boolean
   readonly winner: Stamp
   readonly loser: Stamp
+  /** Text cells: the two versions of the block that conflicted (kept and lost values are texts built from them). */
+  readonly block?: BlockConflict
 }
 
 /** What merging one incoming row did. */
@@ -369,8 +371,21 @@ export function mergeRow(local: RowState | null, incoming: RowState): RowMerge {
     }
     if (inc.blocks && cur?.blocks) {
       // Text cells: blocks join by position, each block last-writer-wins on its own.
-      const blocks = joinBlocks(cur.blocks, inc.blocks)
+      const found: BlockConflict[] = []
+      const blocks = joinBlocks(cur.blocks, inc.blocks, found)
       const later = compareStamps(inc, cur) > 0
+      for (const k of found) {
+        const incomingWon = inc.blocks.includes(k.winner)
+        const stamp = (b: TextBlock): Stamp => ({ cl: localCl, hlc: b.hlc, site: b.site })
+        conflicts.push({
+          column: c,
+          incomingWon,
+          deleted: false,
+          winner: stamp(k.winner),
+          loser: stamp(k.loser),
+          block: k,
+        })
+      }
       if (blocks !== cur.blocks || later) {
         cells[c] = textCell(localCl, blocks, later ? inc : cur)
         won.push(c)

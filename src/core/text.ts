@@ -19,12 +19,38 @@ export type Position = readonly PositionLevel[]
 /** Digits per level. */
 export const POSITION_BASE = 1 << 16
 
-/** One block of a text cell; `text` null: the block was deleted (a tombstone). */
-export interface TextBlock {
-  readonly pos: Position
-  readonly text: string | null
+/** A block version: who wrote it, when. */
+export interface BlockVersion {
   readonly hlc: number
   readonly site: string
+}
+
+/** One block of a text cell; `text` null: the block was deleted (a tombstone). */
+export interface TextBlock extends BlockVersion {
+  readonly pos: Position
+  readonly text: string | null
+  /**
+   * The version from another site this write replaced (null: a new block, or a first
+   * write over the writer's own): a later version whose writer had not seen the one it
+   * beat was concurrent with it, and the loser goes to the conflict log.
+   */
+  readonly prev?: BlockVersion | null
+}
+
+/** Two concurrent versions of one block: the join kept `winner` and dropped `loser`. */
+export interface BlockConflict {
+  readonly winner: TextBlock
+  readonly loser: TextBlock
+}
+
+function compareVersions(a: BlockVersion, b: BlockVersion): number {
+  return a.hlc !== b.hlc ? a.hlc - b.hlc : a.site < b.site ? -1 : a.site > b.site ? 1 : 0
+}
+
+/** True when `winner`'s writer had not seen `loser` (and their texts differ). */
+function concurrent(winner: TextBlock, loser: TextBlock): boolean {
+  if (winner.site === loser.site || winner.text === loser.text) return false
+  return !winner.prev || compareVersions(winner.prev, loser) < 0
 }
 
 /** The default block delimiter of a text column: lines. */
@@ -71,9 +97,14 @@ function newer(a: TextBlock, b: TextBlock): boolean {
 
 /**
  * Joins two block lists (each sorted by position, one block per position): per position
- * the later version. Returns `a` itself when `b` adds nothing.
+ * the later version. Returns `a` itself when `b` adds nothing. Concurrent versions of a
+ * block that met here are pushed to `conflicts` when given.
  */
-export function joinBlocks(a: readonly TextBlock[], b: readonly TextBlock[]): readonly TextBlock[] {
+export function joinBlocks(
+  a: readonly TextBlock[],
+  b: readonly TextBlock[],
+  conflicts?: BlockConflict[],
+): readonly TextBlock[] {
   let changed = false
   const out: TextBlock[] = []
   let i = 0
@@ -90,10 +121,16 @@ export function joinBlocks(a: readonly TextBlock[], b: readonly TextBlock[]): re
       changed = true
       j++
     } else {
-      if (newer(y as TextBlock, x as TextBlock)) {
-        out.push(y as TextBlock)
+      const xb = x as TextBlock
+      const yb = y as TextBlock
+      if (newer(yb, xb)) {
+        out.push(yb)
         changed = true
-      } else out.push(x as TextBlock)
+        if (conflicts && concurrent(yb, xb)) conflicts.push({ winner: yb, loser: xb })
+      } else {
+        out.push(xb)
+        if (conflicts && compareVersions(xb, yb) !== 0 && concurrent(xb, yb)) conflicts.push({ winner: xb, loser: yb })
+      }
       i++
       j++
     }
@@ -137,6 +174,9 @@ export function editBlocks(
     next,
   )
   const byKey = new Map(blocks.map((b) => [positionKey(b.pos), b]))
+  // A site's successive writes of a block keep pointing at the foreign version they began from.
+  const replaced = (old: TextBlock): BlockVersion | null =>
+    old.site === site ? (old.prev ?? null) : { hlc: old.hlc, site: old.site }
   const put = (b: TextBlock) => byKey.set(positionKey(b.pos), b)
   let i = 0
   let left: Position | null = null
@@ -161,9 +201,9 @@ export function editBlocks(
     for (let j = 0; j < removed.length; j++) {
       const old = live[i + j] as TextBlock
       if (j < paired) {
-        put({ pos: old.pos, text: added[j] as string, hlc, site })
+        put({ pos: old.pos, text: added[j] as string, hlc, site, prev: replaced(old) })
         left = old.pos
-      } else put({ pos: old.pos, text: null, hlc, site })
+      } else put({ pos: old.pos, text: null, hlc, site, prev: replaced(old) })
     }
     const right = i + removed.length < live.length ? (live[i + removed.length] as TextBlock).pos : null
     // New blocks of one run share a fresh prefix, so a concurrent run at the same place
@@ -191,4 +231,17 @@ export function newestBlock(blocks: readonly TextBlock[]): TextBlock | null {
   let best: TextBlock | null = null
   for (const b of blocks) if (best === null || newer(b, best)) best = b
   return best
+}
+
+/** The text the cell would show had `loser` won over `winner` (for the conflict log). */
+export function textWith(
+  blocks: readonly TextBlock[],
+  winner: TextBlock,
+  loser: TextBlock,
+  delimiter: string,
+): string | null {
+  return textValue(
+    blocks.map((b) => (b === winner ? loser : b)),
+    delimiter,
+  )
 }

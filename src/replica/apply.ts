@@ -18,7 +18,7 @@ import {
   type RowState,
   type Stamp,
 } from '../core/merge.js'
-import { textValue } from '../core/text.js'
+import { textValue, textWith } from '../core/text.js'
 import type { SqlValue } from '../core/values.js'
 import { covers, type VersionVector } from '../core/version-vector.js'
 import type { DecodedPayload, WireTable } from '../wire/payload.js'
@@ -352,6 +352,23 @@ export function applyPayload(
       // In add-wins tables a concurrent edit beats a deletion: no value was lost.
       const rowConflicts = t.schema.rows === 'add-wins' ? m.conflicts.filter((k) => !k.deleted) : m.conflicts
       for (const k of rowConflicts) {
+        const blocks = m.state.cells[k.column]?.blocks
+        if (k.block && blocks) {
+          // Two concurrent edits of one block of a text column: kept is the merged text,
+          // lost the same text with the losing version of that block.
+          const delimiter = t.schema.data[k.column]?.delimiter as string
+          conflicts.push({
+            table: t.name,
+            pk: row.pk,
+            column: t.schema.data[k.column]?.name as string,
+            kind: 'update',
+            kept: textValue(blocks, delimiter),
+            lost: textWith(blocks, k.block.winner, k.block.loser, delimiter),
+            keptStamp: k.winner,
+            lostStamp: k.loser,
+          })
+          continue
+        }
         const localValue = (before?.[k.column] ?? null) as SqlValue
         // Two concurrent writes of the same value lost nothing.
         if (!k.deleted && sameValue(localValue, values[k.column] as SqlValue)) continue

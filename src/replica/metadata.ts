@@ -224,7 +224,9 @@ export function decodeRow(stored: StoredRow, dataCount: number, sites: SiteTable
         }
         const bhlc = clh + r.svarint()
         const bsite = sites.hex(r.uvarint())
-        blocks.push({ pos, hlc: bhlc, site: bsite, text: r.byte() ? r.string() : null })
+        const flags = r.byte()
+        const prev = flags & 2 ? { hlc: clh + r.svarint(), site: sites.hex(r.uvarint()) } : null
+        blocks.push({ pos, hlc: bhlc, site: bsite, text: flags & 1 ? r.string() : null, prev })
       }
       cells[c] = textCell(cl, blocks, { hlc, site })
       continue
@@ -341,11 +343,13 @@ export function encodeRow(state: RowState, sites: SiteTable): [number, number, n
         }
         w.svarint(b.hlc - clStamp.hlc)
         w.uvarint(sites.idx(b.site))
-        if (b.text === null) w.byte(0)
-        else {
-          w.byte(1)
-          w.string(b.text)
+        // Flags: 1 live (its text follows), 2 the foreign version it replaced follows.
+        w.byte((b.text === null ? 0 : 1) | (b.prev ? 2 : 0))
+        if (b.prev) {
+          w.svarint(b.prev.hlc - clStamp.hlc)
+          w.uvarint(sites.idx(b.prev.site))
         }
+        if (b.text !== null) w.string(b.text)
       }
       continue
     }

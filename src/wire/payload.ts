@@ -247,11 +247,13 @@ export class PayloadEncoder {
             }
             w.svarint(b.hlc - row.clStamp.hlc)
             w.uvarint(this.#site(b.site))
-            if (b.text === null) w.byte(0)
-            else {
-              w.byte(1)
-              w.string(b.text)
+            // Flags: 1 live (its text follows), 2 the foreign version it replaced follows.
+            w.byte((b.text === null ? 0 : 1) | (b.prev ? 2 : 0))
+            if (b.prev) {
+              w.svarint(b.prev.hlc - row.clStamp.hlc)
+              w.uvarint(this.#site(b.prev.site))
             }
+            if (b.text !== null) w.string(b.text)
           }
           continue
         }
@@ -638,9 +640,11 @@ export class DecodedPayload {
             }
             const bhlc = this.#hlc(row.clStamp.hlc + s.svarint())
             const bsite = this.#siteAt(s.uvarint())
-            const live = s.byte()
-            if (live > 1) throw badPayload('bad text block flag')
-            blocks.push({ pos, text: live ? s.string() : null, hlc: bhlc, site: bsite })
+            const flags = s.byte()
+            if (flags > 3) throw badPayload('bad text block flags')
+            const prev =
+              flags & 2 ? { hlc: this.#hlc(row.clStamp.hlc + s.svarint()), site: this.#siteAt(s.uvarint()) } : null
+            blocks.push({ pos, text: flags & 1 ? s.string() : null, hlc: bhlc, site: bsite, prev })
           }
           if (!normalizeBlocks(blocks)) throw badPayload('text cell repeats a position')
           row.stamps.push(textCell(cl, blocks, { hlc, site }))
