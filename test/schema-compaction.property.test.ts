@@ -916,29 +916,29 @@ describe('regressions found by these properties', () => {
 // ---------------------------------------------------------------------------------------
 
 describe('known bugs (pinned with it.fails until fixed)', () => {
-  // A documented limit (docs/algorithms.md, Compaction): forgetting a peer that is still
-  // active, or one never heard from, gives up the guarantee for keys it started concurrently.
-  it.fails(
-    'a tombstone compacted away still beats a life of the same causal length started concurrently elsewhere: replicas converge',
-    () => {
-      const [a, b, c] = replicas(3) as [Replica, Replica, Replica]
-      a.db.exec("INSERT INTO t VALUES (9, 'x', 0)")
-      settle([a, b, c])
-      // a and c insert key 4 concurrently (both life 1); a deletes it (life 2).
-      a.db.exec("INSERT INTO t VALUES (4, 'from a', 1)")
-      c.db.exec("INSERT INTO t VALUES (4, 'from c', 3)")
-      a.db.exec('DELETE FROM t WHERE id = 4')
-      send(a, b)
-      send(b, a)
-      // a stops waiting for c (still active) and compacts the tombstone.
-      expect(a.forgetPeer(c.siteId)).toBe(true)
-      expect(a.compact().tombstones).toBe(1)
-      // Today: quiet after 2 rounds with a and c holding (4, 'from c', 3) and b not (b holds
-      // the tombstone, and logged c's values as 'delete' conflicts): diverged for good.
-      settle([a, b, c])
-      for (const r of [a, b, c]) expect(all(r)).toEqual([{ id: 9, a: 'x', b: 0 }])
-    },
-  )
+  it('a life started concurrently with a deletion whose tombstone was compacted away converges: the compacting replica re-inserts it above the floor', () => {
+    const [a, b, c] = replicas(3) as [Replica, Replica, Replica]
+    a.db.exec("INSERT INTO t VALUES (9, 'x', 0)")
+    settle([a, b, c])
+    // a and c insert key 4 concurrently (both life 1); a deletes it (life 2).
+    a.db.exec("INSERT INTO t VALUES (4, 'from a', 1)")
+    c.db.exec("INSERT INTO t VALUES (4, 'from c', 3)")
+    a.db.exec('DELETE FROM t WHERE id = 4')
+    send(a, b)
+    send(b, a)
+    // a stops waiting for c (still active) and compacts the tombstone.
+    expect(a.forgetPeer(c.siteId)).toBe(true)
+    expect(a.compact().tombstones).toBe(1)
+    // b still holds the tombstone (life 2) and keeps c's life 1 deleted; a cannot tell
+    // c's life from the one its tombstone ended, so it keeps it and starts life 3 with
+    // c's values, which every replica takes. Before, a and c kept the row and b did not.
+    settle([a, b, c])
+    for (const r of [a, b, c])
+      expect(all(r)).toEqual([
+        { id: 4, a: 'from c', b: 3 },
+        { id: 9, a: 'x', b: 0 },
+      ])
+  })
 
   it('a replica without c that deleted and compacted a row keeps it deleted when a peer back from away sends its copy', () => {
     const [a, old, away] = replicas(3) as [Replica, Replica, Replica]

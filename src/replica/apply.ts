@@ -54,6 +54,8 @@ export interface ApplyResult {
   revived: Map<SyncedTable, { pk: SqlValue[]; was: RowState }[]>
   /** delete-wins rows re-inserted without seeing a concurrent deletion: to delete locally. */
   killed: Map<SyncedTable, SqlValue[][]>
+  /** Rows of keys whose tombstone was compacted here, in a life at or below the floor: to re-insert above it. */
+  bumped: Map<SyncedTable, { pk: SqlValue[]; was: RowState }[]>
 }
 
 /** How a payload table lines up with a local one. */
@@ -195,6 +197,7 @@ export function applyPayload(
   const held = new Map<string, number>()
   const revivedByTable = new Map<SyncedTable, { pk: SqlValue[]; was: RowState }[]>()
   const killedByTable = new Map<SyncedTable, SqlValue[][]>()
+  const bumpedByTable = new Map<SyncedTable, { pk: SqlValue[]; was: RowState }[]>()
   const hold = (site: string, hlc: number) => {
     if (hlc > (held.get(site) ?? 0)) held.set(site, hlc)
   }
@@ -213,6 +216,11 @@ export function applyPayload(
     if (!revived) {
       revived = []
       revivedByTable.set(t, revived)
+    }
+    let bumped = bumpedByTable.get(t)
+    if (!bumped) {
+      bumped = []
+      bumpedByTable.set(t, bumped)
     }
     let killed = killedByTable.get(t)
     if (!killed) {
@@ -290,7 +298,12 @@ export function applyPayload(
       // its tombstone compacted away (see compact.ts). It stays deleted.
       if (unseen && covers(compacted, row.clStamp.site, row.clStamp.hlc)) continue
       if (unseen) {
-        // A key never seen here: the join with nothing is the incoming row itself.
+        // A key never seen here: the join with nothing is the incoming row itself. A life
+        // shorter than a tombstone of the key compacted here may be one that tombstone
+        // ended, or one started concurrently with it; the replicas that still hold the
+        // tombstone keep it deleted. This replica cannot tell, so it keeps the row and
+        // re-inserts it above the floor, which every replica then takes (see compact.ts).
+        if (isAlive(row.cl) && t.mayBeCompacted(row.pk, row.cl)) bumped.push({ pk: row.pk, was: incoming })
         queued.add(key)
         applied += 1 + present
         if (isAlive(row.cl) && localOnly.length) {
@@ -397,5 +410,15 @@ export function applyPayload(
     seenRows += rows.length
     onProgress?.(seenRows)
   }
-  return { applied, skipped, unknown, deleted, conflicts, held, revived: revivedByTable, killed: killedByTable }
+  return {
+    applied,
+    skipped,
+    unknown,
+    deleted,
+    conflicts,
+    held,
+    revived: revivedByTable,
+    killed: killedByTable,
+    bumped: bumpedByTable,
+  }
 }

@@ -9,6 +9,7 @@
  * update or re-insertion against the deleted life, so they keep their tombstones.
  */
 import { DEFAULT_HLC } from '../core/merge.js'
+import type { SqlValue } from '../core/values.js'
 import { covers, dominates, type VersionVector } from '../core/version-vector.js'
 import type { SqliteDatabase } from '../driver/types.js'
 import type { DecodedPayload } from '../wire/payload.js'
@@ -85,6 +86,7 @@ export function dropTombstones(db: SqliteDatabase, tables: readonly SyncedTable[
       .all(json) as unknown[][]
     const drop = db.prepare(`DELETE FROM ${rowsTable(t.id)} WHERE ${keys.map((k) => `${k} = ?`).join(' AND ')}`)
     let top = 0
+    const gone: { pk: SqlValue[]; cl: number }[] = []
     for (const row of candidates) {
       const pk = row.slice(0, keys.length)
       const state = t.decodeStored(row.slice(keys.length) as StoredRow)
@@ -93,10 +95,12 @@ export function dropTombstones(db: SqliteDatabase, tables: readonly SyncedTable[
       )
       if (!seenCovered) continue
       drop.run(...pk)
+      gone.push({ pk: pk as SqlValue[], cl: state.cl })
       dropped++
       if (state.cl > top) top = state.cl
     }
     t.raiseClFloor(top)
+    t.recordCompacted(gone)
   }
   return dropped
 }

@@ -481,6 +481,7 @@ export class Replica {
         else this.db.exec(createTriggersSql(t.id, t.schema))
       }
       for (const [t, rows] of result.revived) for (const { pk } of rows) t.logLocalInsert(pk)
+      for (const [t, rows] of result.bumped) for (const { pk } of rows) t.bumpAboveFloor(pk)
       // Ordinary deletes with the capture triggers on: foreign-key actions apply as for any delete.
       for (const [t, keys] of result.killed) for (const pk of keys) t.deleteRowLocally(pk)
       // Rows a complete snapshot lacks were deleted: each counts as a row life ended.
@@ -490,6 +491,7 @@ export class Replica {
       // A revived row's new life keeps what its counter and text cells held (two replicas
       // reviving it concurrently must not count or insert it twice).
       for (const [t, rows] of result.revived) for (const { pk, was } of rows) t.carryOver(pk, was)
+      for (const [t, rows] of result.bumped) for (const { pk, was } of rows) t.carryOver(pk, was)
       this.#recordConflicts(result.conflicts)
       const held = cached(this.db, `UPDATE ${PREFIX}sites SET held = max(held, ?) WHERE idx = ?`)
       for (const [site, hlc] of result.held) held.run(hlc, this.#sites.idx(site))

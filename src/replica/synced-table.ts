@@ -4,6 +4,7 @@ import { counterCell, isAlive, type RowState, textCell } from '../core/merge.js'
 import type { SqlValue } from '../core/values.js'
 import type { SqliteDatabase, SqliteStatement } from '../driver/types.js'
 import { keyString } from './fold.js'
+import { KeyFilter } from './key-filter.js'
 import {
   decodeRow,
   encodeRow,
@@ -186,12 +187,65 @@ export class SyncedTable {
     this.saveState(pk, { ...state, cells }, true)
   }
 
+  /**
+   * Filters of the keys whose tombstones were compacted here, each with the causal length
+   * of those tombstones (one per compaction and length; loaded lazily).
+   */
+  #compactedKeys: { cl: number; filter: KeyFilter }[] | undefined
+
+  /** Records the keys whose tombstones a compaction dropped, with the tombstones' causal lengths. */
+  recordCompacted(dropped: readonly { pk: readonly SqlValue[]; cl: number }[]): void {
+    const byCl = new Map<number, string[]>()
+    for (const { pk, cl } of dropped) {
+      const keys = byCl.get(cl) ?? []
+      keys.push(keyString(pk as SqlValue[]))
+      byCl.set(cl, keys)
+    }
+    for (const [cl, keys] of byCl) {
+      const filter = KeyFilter.of(keys)
+      cached(this.#db, `INSERT INTO ${PREFIX}compacted (tbl, cl, keys) VALUES (?, ?, ?)`).run(
+        this.id,
+        cl,
+        filter.encode(),
+      )
+      this.#compactedKeys?.push({ cl, filter })
+    }
+  }
+
+  /**
+   * False when the key certainly had no tombstone compacted away here that would beat a
+   * life of causal length `cl`.
+   */
+  mayBeCompacted(pk: readonly SqlValue[], cl: number): boolean {
+    if (this.clFloor <= cl) return false
+    this.#compactedKeys ??= (
+      cached(this.#db, `SELECT cl, keys FROM ${PREFIX}compacted WHERE tbl = ?`).all(this.id) as {
+        cl: number
+        keys: Uint8Array
+      }[]
+    ).map((r) => ({ cl: Number(r.cl), filter: KeyFilter.decode(r.keys) }))
+    const key = keyString(pk as SqlValue[])
+    return this.#compactedKeys.some((f) => f.cl > cl && f.filter.mayHave(key))
+  }
+
   /** Raises the causal-length floor (see {@link clFloor}); stored with the table. */
   raiseClFloor(cl: number): void {
     // Only 'causal' tables are compacted; the floor means nothing for the others.
     if (cl <= this.clFloor || this.schema.rows !== 'causal' || cl % 2 === 1) return
     this.clFloor = cl
     cached(this.#db, `UPDATE ${PREFIX}tables SET clfloor = ? WHERE id = ?`).run(cl, this.id)
+  }
+
+  /**
+   * Makes the next fold start a new life of a row above the causal-length floor: its state
+   * becomes a deletion at the floor, and a local insert of every column is logged.
+   */
+  bumpAboveFloor(pk: readonly SqlValue[]): void {
+    const cl = this.clFloor
+    const state = this.loadState(pk)
+    const clStamp = state?.clStamp ?? { cl, hlc: 0, site: this.#sites.hex(0) }
+    this.saveState(pk, { cl, clStamp: { ...clStamp, cl }, cells: new Array(this.dataCount).fill(null) }, state !== null)
+    this.logLocalInsert(pk)
   }
 
   /** Logs a write of every column of a row, as the INSERT trigger would (the fold stamps it). */
