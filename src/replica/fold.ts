@@ -113,7 +113,7 @@ export function foldTable(
       clock = nextHlc(clock, Number(entry[2]))
       const pk = entry.slice(3 + words) as SqlValue[]
       const item = pending.get(keyString(pk)) as { pk: SqlValue[]; state: RowState | null }
-      if (op === OP_INSERT) item.state = localInsert(item.state ?? compactedBase(table, n), clock, site, n, track)
+      if (op === OP_INSERT) item.state = localInsert(insertBase(table, item.state, n), clock, site, n, track)
       else if (op === OP_DELETE) {
         item.state = localDelete(item.state, clock, site, n, track)
         deleted++
@@ -183,9 +183,18 @@ function foldMergeable(
 }
 
 /**
- * The state a key with no metadata starts from: nothing, or, once tombstones were compacted
- * away, a deleted life at the causal-length floor, so the first life starts above any
- * tombstone of the key that some replica may still hold.
+ * The state a local insert starts from: the key's own, unless the key is deleted (or has no
+ * state) below the causal-length floor; then a deleted life at the floor, so the new life
+ * starts above any tombstone of the key that some replica may still hold.
+ */
+function insertBase(table: SyncedTable, state: RowState | null, n: number): RowState | null {
+  if (state !== null && (isAlive(state.cl) || state.cl >= table.clFloor)) return state
+  return compactedBase(table, n) ?? state
+}
+
+/**
+ * A deleted life at the causal-length floor (null without a floor): the base of a key with
+ * no usable state.
  */
 function compactedBase(table: SyncedTable, n: number): RowState | null {
   const cl = table.clFloor
