@@ -297,6 +297,10 @@ export function applyPayload(
       // A key this replica does not hold, of a life it has seen: that life was deleted and
       // its tombstone compacted away (see compact.ts). It stays deleted.
       if (unseen && covers(compacted, row.clStamp.site, row.clStamp.hlc)) continue
+      // A tombstone of an earlier life than one this replica compacted for the key: the
+      // later deletion already covers it (keeping it would make a complete snapshot of
+      // ours claim the key ended at the earlier life).
+      if (unseen && !isAlive(row.cl) && t.mayBeCompacted(row.pk, row.cl)) continue
       if (unseen) {
         // A key never seen here: the join with nothing is the incoming row itself. A life
         // shorter than a tombstone of the key compacted here may be one that tombstone
