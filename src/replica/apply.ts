@@ -389,6 +389,10 @@ export function applyPayload(
         const localValue = (before?.[k.column] ?? null) as SqlValue
         // Two concurrent writes of the same value lost nothing.
         if (!k.deleted && sameValue(localValue, values[k.column] as SqlValue)) continue
+        // A write of the column's DEFAULT lost to a deletion lost nothing (an insert writes
+        // every column, including those the app left to their default).
+        const lostValue = k.incomingWon ? localValue : (values[k.column] as SqlValue)
+        if (k.deleted && sameValue(lostValue, t.defaultValue(k.column))) continue
         conflicts.push({
           table: t.name,
           pk: row.pk,

@@ -772,8 +772,18 @@ export class Replica {
         const state = t.loadState(pk)
         const values = t.readValues(pk)
         state?.cells.forEach((cell, c) => {
-          // A default cell was never written: nothing of it is lost.
+          // A default cell was never written, and a write of the DEFAULT loses nothing.
           if (!cell || cell.hlc === DEFAULT_HLC || cellCovered(header.vector, cell)) return
+          const lost = (values?.[c] ?? null) as SqlValue
+          const dflt = t.defaultValue(c)
+          if (
+            lost === dflt ||
+            (lost instanceof Uint8Array &&
+              dflt instanceof Uint8Array &&
+              lost.length === dflt.length &&
+              lost.every((b, i) => b === dflt[i]))
+          )
+            return
           conflicts.push({
             table: t.name,
             pk,
