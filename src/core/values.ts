@@ -13,3 +13,14 @@ export function toAppValue(value: SqlValue): AppValue {
   if (typeof value === 'bigint' && value <= MAX_SAFE && value >= -MAX_SAFE) return Number(value)
   return value
 }
+
+/** True when two byte arrays hold the same bytes. */
+export function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
+  return a.length === b.length && a.every((x, i) => x === b[i])
+}
+
+/** True when two values are the same SQLite value (BLOBs compared by content). */
+export function sameValue(a: SqlValue, b: SqlValue): boolean {
+  if (a instanceof Uint8Array && b instanceof Uint8Array) return sameBytes(a, b)
+  return a === b
+}

@@ -19,7 +19,7 @@ import {
   type Stamp,
 } from '../core/merge.js'
 import { textValue, textWith } from '../core/text.js'
-import type { SqlValue } from '../core/values.js'
+import { type SqlValue, sameBytes, sameValue } from '../core/values.js'
 import { covers, type VersionVector } from '../core/version-vector.js'
 import type { DecodedPayload, WireTable } from '../wire/payload.js'
 import { keyString } from './fold.js'
@@ -156,6 +156,16 @@ function remoteColumns(wt: WireTable): ColumnInfo[] {
   }))
 }
 
+/** The list `map` holds for `key`, created empty on first use. */
+function listFor<K, V>(map: Map<K, V[]>, key: K): V[] {
+  let list = map.get(key)
+  if (!list) {
+    list = []
+    map.set(key, list)
+  }
+  return list
+}
+
 /** A tombstone's per-column seen stamps, from payload columns to local ones (null: none). */
 function localSeen(seen: readonly (Stamp | null)[], mapping: readonly number[], n: number): (Stamp | null)[] {
   const out = new Array<Stamp | null>(n).fill(null)
@@ -169,15 +179,6 @@ function localSeen(seen: readonly (Stamp | null)[], mapping: readonly number[], 
   // version (the approximation tombstones made before they held one stamp per column).
   for (let c = 0; c < n; c++) if (!mapping.includes(c)) out[c] = newest
   return out
-}
-
-function sameValue(a: SqlValue, b: SqlValue): boolean {
-  if (a instanceof Uint8Array && b instanceof Uint8Array) return sameBytes(a, b)
-  return a === b
-}
-
-function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
-  return a.length === b.length && a.every((x, i) => x === b[i])
 }
 
 /** Merges every row of the payload into the local tables. */
@@ -212,21 +213,9 @@ export function applyPayload(
     const n = t.dataCount
     const shared = n - localOnly.length
     const existing = t.existingKeys(rows.map((r) => r.pk))
-    let revived = revivedByTable.get(t)
-    if (!revived) {
-      revived = []
-      revivedByTable.set(t, revived)
-    }
-    let bumped = bumpedByTable.get(t)
-    if (!bumped) {
-      bumped = []
-      bumpedByTable.set(t, bumped)
-    }
-    let killed = killedByTable.get(t)
-    if (!killed) {
-      killed = []
-      killedByTable.set(t, killed)
-    }
+    const revived = listFor(revivedByTable, t)
+    const bumped = listFor(bumpedByTable, t)
+    const killed = listFor(killedByTable, t)
     const queued = new Set<string>()
     for (const row of rows) {
       const cells: (CellStamp | null)[] = new Array(n).fill(null)

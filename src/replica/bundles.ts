@@ -5,7 +5,9 @@
  * peer exactly what it lacks. Snapshot bundles leave tombstones out; the bookkeeping that
  * keeps that safe (the tombstone floor) lives here too. See docs/bundle-format.md.
  */
+
 import { ConvergeError, isConvergeError } from '../core/errors.js'
+import { sameBytes } from '../core/values.js'
 import { mergeVectors, type VersionVector } from '../core/version-vector.js'
 import type { SqliteDatabase } from '../driver/types.js'
 import {
@@ -220,10 +222,6 @@ function asBundleError(err: unknown): unknown {
   return new ConvergeError('BAD_BUNDLE', err.message.replace(/^malformed payload/, 'malformed bundle'), err.details, {
     cause: err,
   })
-}
-
-function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
-  return a.length === b.length && a.every((x, i) => x === b[i])
 }
 
 /**

@@ -6,8 +6,10 @@
  * synced column, or changing the key, is refused with `SCHEMA_CHANGE_UNSUPPORTED`. New or
  * recreated indexes and foreign keys regenerate the triggers.
  */
+
 import { sha256 } from '@noble/hashes/sha2.js'
 import { ConvergeError } from '../core/errors.js'
+import { sameBytes } from '../core/values.js'
 import type { SqliteDatabase } from '../driver/types.js'
 import { bytesToHex } from '../wire/payload.js'
 import { keyColumns, logTable, MASK_BITS, maskWords, PREFIX, rowsTable } from './metadata.js'
@@ -182,8 +184,4 @@ function sameSchema(a: TableSchema, b: TableSchema): boolean {
   const sig = (s: TableSchema) =>
     JSON.stringify([s.hash.join(','), s.uniques, s.fkActions, s.parents, s.data.map((c) => [c.notNull, c.dflt])])
   return sig(a) === sig(b)
-}
-
-function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
-  return a.length === b.length && a.every((x, i) => x === b[i])
 }

@@ -2,7 +2,7 @@
 import { ConvergeError } from '../core/errors.js'
 import { exceedsDrift, hlcToMillis } from '../core/hlc.js'
 import { cellCovered, DEFAULT_HLC } from '../core/merge.js'
-import { type AppValue, type SqlValue, toAppValue } from '../core/values.js'
+import { type AppValue, type SqlValue, sameValue, toAppValue } from '../core/values.js'
 import { dominates, type VersionVector } from '../core/version-vector.js'
 import type { SqliteDatabase } from '../driver/types.js'
 import { ByteReader, ByteWriter } from '../wire/bytes.js'
@@ -774,16 +774,7 @@ export class Replica {
         state?.cells.forEach((cell, c) => {
           // A default cell was never written, and a write of the DEFAULT loses nothing.
           if (!cell || cell.hlc === DEFAULT_HLC || cellCovered(header.vector, cell)) return
-          const lost = (values?.[c] ?? null) as SqlValue
-          const dflt = t.defaultValue(c)
-          if (
-            lost === dflt ||
-            (lost instanceof Uint8Array &&
-              dflt instanceof Uint8Array &&
-              lost.length === dflt.length &&
-              lost.every((b, i) => b === dflt[i]))
-          )
-            return
+          if (sameValue((values?.[c] ?? null) as SqlValue, t.defaultValue(c))) return
           conflicts.push({
             table: t.name,
             pk,

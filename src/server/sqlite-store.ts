@@ -1,7 +1,9 @@
 /** The SQLite store: one replica file per database, `DATA/NAME.db`. */
+
 import { existsSync, mkdirSync, readdirSync } from 'node:fs'
 import { join } from 'node:path'
 import { ConvergeError } from '../core/errors.js'
+import { sameBytes } from '../core/values.js'
 import type { VersionVector } from '../core/version-vector.js'
 import { openReplica, type Replica } from '../index.js'
 import { nodeCodec } from '../platform/node-codec.js'
@@ -210,8 +212,4 @@ function createTableSql(wt: WireTable): string {
   const cols = wt.columns.map((c, j) => `${quoteId(c)} ${wt.affinities[j]}`)
   const pk = wt.columns.slice(0, wt.pkCount).map(quoteId).join(', ')
   return `CREATE TABLE ${quoteId(wt.name)} (${cols.join(', ')}, PRIMARY KEY (${pk}))`
-}
-
-function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
-  return a.length === b.length && a.every((x, i) => x === b[i])
 }
