@@ -238,13 +238,12 @@ export class SyncedTable {
 
   /**
    * Makes the next fold start a new life of a row above the causal-length floor: its state
-   * becomes a deletion at the floor, and a local insert of every column is logged.
+   * is forgotten (the fold starts a key without one above the floor) and a local insert of
+   * every column is logged.
    */
   bumpAboveFloor(pk: readonly SqlValue[]): void {
-    const cl = this.clFloor
-    const state = this.loadState(pk)
-    const clStamp = state?.clStamp ?? { cl, hlc: 0, site: this.#sites.hex(0) }
-    this.saveState(pk, { cl, clStamp: { ...clStamp, cl }, cells: new Array(this.dataCount).fill(null) }, state !== null)
+    const keys = keyColumns(this.schema.pk.length)
+    cached(this.#db, `DELETE FROM ${rowsTable(this.id)} WHERE ${keys.map((k) => `${k} = ?`).join(' AND ')}`).run(...pk)
     this.logLocalInsert(pk)
   }
 
