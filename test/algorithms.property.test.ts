@@ -27,7 +27,7 @@ import {
   type RowState,
   type Stamp,
 } from '../src/core/merge.js'
-import { SITE_POOL, show } from './helpers/replicas.js'
+import { SITE_POOL, sameVector, show } from './helpers/replicas.js'
 
 // ---------------------------------------------------------------------------------------
 // Pure: the counter join and mergeRow
@@ -777,12 +777,6 @@ function runStep(w: World, s: Step): void {
       return
     }
   }
-}
-
-function sameVector(a: VersionVector, b: VersionVector): boolean {
-  const ka = Object.keys(a).sort()
-  const kb = Object.keys(b).sort()
-  return JSON.stringify(ka) === JSON.stringify(kb) && ka.every((k) => a[k] === b[k])
 }
 
 /**

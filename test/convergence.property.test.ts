@@ -4,7 +4,7 @@
 import fc from 'fast-check'
 import type { Replica, VersionVector } from 'sqlite-converge'
 import { afterEach, describe, expect, it } from 'vitest'
-import { closeAll, openItemsReplicas, SITE_POOL, show, snapshot } from './helpers/replicas.js'
+import { closeAll, openItemsReplicas, SITE_POOL, sameVector, show, snapshot } from './helpers/replicas.js'
 
 type Val = null | bigint | number | string | Uint8Array
 type Col = 'name' | 'qty' | 'data' | 'note'
@@ -522,12 +522,6 @@ function concurrentWriteProperty(strict: boolean): void {
     ),
     { numRuns: RUNS },
   )
-}
-
-function sameVector(a: VersionVector, b: VersionVector): boolean {
-  const ka = Object.keys(a).sort()
-  const kb = Object.keys(b).sort()
-  return JSON.stringify(ka) === JSON.stringify(kb) && ka.every((k) => a[k] === b[k])
 }
 
 /** Shows a value the way the app sees it: integers that fit a double as numbers (as conflicts() reports them). */

@@ -1038,28 +1038,7 @@ describe('counter cells', () => {
   })
 
   it('every byte of the chunk bodies changed, re-encoded validly, is refused or harmless', () => {
-    const { header, chunks } = parsePayload(PC)
-    let r = receiver()
-    const outcomes = new Map<string, number>()
-    for (const [k, chunk] of chunks.entries()) {
-      for (let pos = 0; pos < chunk.raw.length; pos++) {
-        for (const value of [chunk.raw[pos] ^ 0xff, chunk.raw[pos] ^ 0x01, 0x00, 0x09, 0x08, 0x7f, 0x80]) {
-          if (value === chunk.raw[pos]) continue
-          const raw = chunk.raw.slice()
-          raw[pos] = value
-          const mutated = chunks.map((c, j) => (j === k ? { ...c, raw } : c))
-          const outcome = tryImport(r, buildPayload(header, mutated), `chunk ${k} byte ${pos} = ${value}`, fresh)
-          outcomes.set(outcome, (outcomes.get(outcome) ?? 0) + 1)
-          if (outcome === 'accepted') {
-            r.close()
-            r = receiver()
-          }
-        }
-      }
-    }
-    r.close()
-    if (process.env.FUZZ_STATS) console.log(Object.fromEntries(outcomes))
-    expect(outcomes.get('BAD_PAYLOAD')).toBeGreaterThan(outcomes.get('accepted') ?? 0)
+    fuzzChunkBodies(PC, receiver, fresh, [0x00, 0x09, 0x08, 0x7f, 0x80])
   })
 })
 
@@ -1116,28 +1095,7 @@ describe('text cells', () => {
   })
 
   it('every byte of the chunk bodies changed, re-encoded validly, is refused or harmless', () => {
-    const { header, chunks } = parsePayload(PT)
-    let r = receiver()
-    const outcomes = new Map<string, number>()
-    for (const [k, chunk] of chunks.entries()) {
-      for (let pos = 0; pos < chunk.raw.length; pos++) {
-        for (const value of [chunk.raw[pos] ^ 0xff, chunk.raw[pos] ^ 0x01, 0x00, 0x03, 0x13, 0x7f, 0x80]) {
-          if (value === chunk.raw[pos]) continue
-          const raw = chunk.raw.slice()
-          raw[pos] = value
-          const mutated = chunks.map((c, j) => (j === k ? { ...c, raw } : c))
-          const outcome = tryImport(r, buildPayload(header, mutated), `chunk ${k} byte ${pos} = ${value}`, fresh)
-          outcomes.set(outcome, (outcomes.get(outcome) ?? 0) + 1)
-          if (outcome === 'accepted') {
-            r.close()
-            r = receiver()
-          }
-        }
-      }
-    }
-    r.close()
-    if (process.env.FUZZ_STATS) console.log(Object.fromEntries(outcomes))
-    expect(outcomes.get('BAD_PAYLOAD')).toBeGreaterThan(outcomes.get('accepted') ?? 0)
+    fuzzChunkBodies(PT, receiver, fresh, [0x00, 0x03, 0x13, 0x7f, 0x80])
   })
 })
 
@@ -1393,6 +1351,38 @@ describe('mutations that keep a valid checksum', () => {
  * SCHEMA_MISMATCH or CLOCK_DRIFT (a mutated but well-formed header may claim a future
  * clock) and the database is unchanged, or it is accepted and the invariants hold.
  */
+/**
+ * Changes every byte of every chunk body of `payload` (to its complement, its low bit
+ * flipped, and each of `values`), re-encodes a valid payload around it, and imports each
+ * into a receiver: each must be refused with a ConvergeError or applied harmlessly (see
+ * tryImport), and refusals must outnumber acceptances.
+ */
+function fuzzChunkBodies(payload: Uint8Array, receiver: () => Replica, fresh: () => Replica, values: number[]): void {
+  const { header, chunks } = parsePayload(payload)
+  let r = receiver()
+  const outcomes = new Map<string, number>()
+  for (const [k, chunk] of chunks.entries()) {
+    for (let pos = 0; pos < chunk.raw.length; pos++) {
+      const original = chunk.raw[pos] as number
+      for (const value of [original ^ 0xff, original ^ 0x01, ...values]) {
+        if (value === original) continue
+        const raw = chunk.raw.slice()
+        raw[pos] = value
+        const mutated = chunks.map((c, j) => (j === k ? { ...c, raw } : c))
+        const outcome = tryImport(r, buildPayload(header, mutated), `chunk ${k} byte ${pos} = ${value}`, fresh)
+        outcomes.set(outcome, (outcomes.get(outcome) ?? 0) + 1)
+        if (outcome === 'accepted') {
+          r.close()
+          r = receiver()
+        }
+      }
+    }
+  }
+  r.close()
+  if (process.env.FUZZ_STATS) console.log(Object.fromEntries(outcomes))
+  expect(outcomes.get('BAD_PAYLOAD')).toBeGreaterThan(outcomes.get('accepted') ?? 0)
+}
+
 function tryImport(r: Replica, payload: Uint8Array, label: string, fresh?: () => Replica): string {
   const before = dbContents(conn(r))
   try {

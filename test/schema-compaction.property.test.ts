@@ -14,7 +14,7 @@
 import fc from 'fast-check'
 import { type Conflict, openReplica, type Replica, type VersionVector } from 'sqlite-converge'
 import { afterEach, describe, expect, it } from 'vitest'
-import { SITE_POOL, show } from './helpers/replicas.js'
+import { SITE_POOL, sameVector, show } from './helpers/replicas.js'
 
 const DDL = 'CREATE TABLE t (id INTEGER PRIMARY KEY, a TEXT, b INTEGER)'
 /** Columns every replica adds, in this order, each at its own moment. */
@@ -237,12 +237,6 @@ function cellsOf(r: Replica, id: number): [string, string][] | undefined {
     .safeIntegers(true)
     .get(id) as Record<string, unknown> | undefined
   return row && cols.map((c) => [c, `${show(row[c])}:${row[`type_${c}`]}`])
-}
-
-function sameVector(a: VersionVector, b: VersionVector): boolean {
-  const ka = Object.keys(a).sort()
-  const kb = Object.keys(b).sort()
-  return JSON.stringify(ka) === JSON.stringify(kb) && ka.every((k) => a[k] === b[k])
 }
 
 interface Delivery {

@@ -1,5 +1,5 @@
 // Helpers for end-to-end tests with several in-memory replicas.
-import { ConvergeError, openReplica, type Replica } from 'sqlite-converge'
+import { ConvergeError, openReplica, type Replica, type VersionVector } from 'sqlite-converge'
 import { expect } from 'vitest'
 
 /** Covers every storage class: INTEGER key, TEXT, REAL, BLOB (no affinity: keeps any class), NOT NULL with default. */
@@ -60,6 +60,26 @@ export function snapshot(r: Replica): string[] {
 /** Sends everything `to` lacks from `from` (since = `to`'s current vector); returns the import result. */
 export function sync(from: Replica, to: Replica): { applied: number; conflicts: number } {
   return to.importChanges(from.exportChanges(to.versionVector()))
+}
+
+/**
+ * Full pairwise exchange (`sync` from every replica to every other) until a round applies
+ * nothing; throws if `maxRounds` rounds do not get there.
+ */
+export function settle(rs: readonly Replica[], maxRounds: number): void {
+  for (let round = 0; round < maxRounds; round++) {
+    let applied = 0
+    for (const a of rs) for (const b of rs) if (a !== b) applied += sync(a, b).applied
+    if (applied === 0) return
+  }
+  throw new Error('replicas did not settle')
+}
+
+/** True when two version vectors have the same entries. */
+export function sameVector(a: VersionVector, b: VersionVector): boolean {
+  const ka = Object.keys(a).sort()
+  const kb = Object.keys(b).sort()
+  return JSON.stringify(ka) === JSON.stringify(kb) && ka.every((k) => a[k] === b[k])
 }
 
 /** The code of the ConvergeError `fn` throws (asserting it is one), or undefined if it returns. */
