@@ -894,7 +894,10 @@ describe('counters converge and add up', () => {
     (mode) => {
       fc.assert(
         fc.property(programArb(1), (p) => checkProgram({ mode, counters: true }, p)),
-        { numRuns: mode === 'causal' ? E2E_RUNS : Math.ceil(E2E_RUNS / 2) },
+        {
+          numRuns: mode === 'causal' ? E2E_RUNS : Math.ceil(E2E_RUNS / 2),
+          ...(process.env.SEED && { seed: Number(process.env.SEED) }),
+        },
       )
     },
   )

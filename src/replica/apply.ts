@@ -22,7 +22,7 @@ import { textValue, textWith } from '../core/text.js'
 import { type SqlValue, sameBytes, sameValue } from '../core/values.js'
 import { covers, type VersionVector } from '../core/version-vector.js'
 import type { DecodedPayload, WireTable } from '../wire/payload.js'
-import { keyString } from './fold.js'
+import { mapKey } from './fold.js'
 import { type ColumnInfo, type HashedColumn, schemaHash, type TableSchema } from './schema.js'
 import type { SyncedTable } from './synced-table.js'
 
@@ -249,7 +249,7 @@ export function applyPayload(
       // does when the payload answered our own vector; one exported for another peer may
       // omit cells that peer had, and such rows wait for an exchange that brings them.
       const complete = !isAlive(row.cl) || present === shared
-      const key = keyString(row.pk)
+      const key = mapKey(row.pk)
       const unseen = !existing.has(key) && !queued.has(key)
       let local: RowState | null = null
       if (!unseen) {

@@ -19,6 +19,18 @@ export function keyString(pk: readonly SqlValue[]): string {
   return pk.map(valueKey).join('\u0000')
 }
 
+/**
+ * A key as a Map key within this process: {@link keyString}, except that a single text key
+ * is the string itself (no copy to build and hash). Other single keys are prefixed with a
+ * zero character, and a text key stands for itself only when it does not start with one,
+ * so the two never meet. Never stored: {@link keyString} is the stable form.
+ */
+export function mapKey(pk: readonly SqlValue[]): string {
+  if (pk.length !== 1) return keyString(pk)
+  const v = pk[0] as SqlValue
+  return typeof v === 'string' && v.charCodeAt(0) !== 0 ? v : `\u0000${valueKey(v)}`
+}
+
 function valueKey(v: SqlValue): string {
   switch (typeof v) {
     case 'bigint':
@@ -101,7 +113,7 @@ export function foldTable(
     const pending = new Map<string, { pk: SqlValue[]; state: RowState | null }>()
     for (const entry of batch) {
       const pk = entry.slice(3 + words) as SqlValue[]
-      const key = keyString(pk)
+      const key = mapKey(pk)
       if (!pending.has(key)) pending.set(key, { pk, state: null })
     }
     const items = [...pending.values()].sort((a, b) => compareKeys(a.pk, b.pk))
@@ -112,7 +124,7 @@ export function foldTable(
       const op = Number(entry[1])
       clock = nextHlc(clock, Number(entry[2]))
       const pk = entry.slice(3 + words) as SqlValue[]
-      const item = pending.get(keyString(pk)) as { pk: SqlValue[]; state: RowState | null }
+      const item = pending.get(mapKey(pk)) as { pk: SqlValue[]; state: RowState | null }
       if (op === OP_INSERT) item.state = localInsert(insertBase(table, item.state, n), clock, site, n, track)
       else if (op === OP_DELETE) {
         item.state = localDelete(item.state, clock, site, n, track)
@@ -124,6 +136,8 @@ export function foldTable(
       }
       after = entry[0] as bigint
     }
+    // Folded log rows go before the states are written, which then reuse their pages.
+    table.clearLog(after)
     items.forEach((item, i) => {
       if (item.state === null) return
       if (table.counters.length || table.texts.length) {
@@ -133,7 +147,6 @@ export function foldTable(
     })
     folded += batch.length
   }
-  if (after > 0n) table.clearLog(after)
   return { clock, folded, deleted }
 }
 

@@ -3,7 +3,7 @@ import { HLC_TICKS_PER_MS } from '../core/hlc.js'
 import { counterCell, isAlive, type RowState, textCell } from '../core/merge.js'
 import type { SqlValue } from '../core/values.js'
 import type { SqliteDatabase, SqliteStatement } from '../driver/types.js'
-import { keyString } from './fold.js'
+import { keyString, mapKey } from './fold.js'
 import { KeyFilter } from './key-filter.js'
 import {
   decodeRow,
@@ -147,22 +147,28 @@ export class SyncedTable {
       .get() as { n: number; lo: number | null; hi: number; lead: number }
     if (s.lo === null || s.n < BULK_FOLD_MIN) return null
     const hlc = `(seq - ${s.lo} + 1) + max(?, max(ts * ${HLC_TICKS_PER_MS} - seq) OVER (ORDER BY seq ROWS UNBOUNDED PRECEDING) + ${s.lo - 1})`
+    const staged = quoteId(`${PREFIX}fold_${this.id}`)
     this.#db.exec('SAVEPOINT converge_fold')
     try {
-      // Written in key order: random-order inserts into the key-ordered table cost twice as much.
+      // Staged in the temporary database, in key order (random-order inserts into the
+      // key-ordered table cost twice as much), so that the log rows can go first: the
+      // metadata rows then reuse the pages they freed instead of growing the file.
       this.#db
         .prepare(
-          `INSERT INTO ${rowsTable(this.id)} (${keys}, cl, clh, cls, md, v)
-           SELECT ${keys}, ${this.clFloor + 1}, h, 0, 0, NULL FROM (SELECT ${keys}, ${hlc} AS h FROM ${log} ${range}) ORDER BY ${keys}`,
+          `CREATE TEMP TABLE ${staged} AS SELECT ${keys}, h FROM (SELECT ${keys}, ${hlc} AS h FROM ${log} ${range}) ORDER BY ${keys}`,
         )
         .run(base)
+      this.#db.prepare(`DELETE FROM ${log} WHERE seq <= ?`).run(s.hi)
+      this.#db.exec(
+        `INSERT INTO ${rowsTable(this.id)} (${keys}, cl, clh, cls, md, v)
+         SELECT ${keys}, ${this.clFloor + 1}, h, 0, 0, NULL FROM temp.${staged} ORDER BY rowid`,
+      )
     } catch (err) {
-      this.#db.exec('ROLLBACK TO converge_fold; RELEASE converge_fold')
+      this.#db.exec(`ROLLBACK TO converge_fold; RELEASE converge_fold; DROP TABLE IF EXISTS temp.${staged}`)
       if (String((err as { code?: unknown }).code).startsWith('SQLITE_CONSTRAINT')) return null
       throw err
     }
-    this.#db.exec('RELEASE converge_fold')
-    this.#db.prepare(`DELETE FROM ${log} WHERE seq <= ?`).run(s.hi)
+    this.#db.exec(`RELEASE converge_fold; DROP TABLE temp.${staged}`)
     return { clock: s.hi - s.lo + 1 + Math.max(base, s.lead + s.lo - 1), folded: s.n }
   }
 
@@ -283,7 +289,7 @@ export class SyncedTable {
     else this.#putRow.run(...pk, ...encodeRow(state, this.#sites))
   }
 
-  /** The keys among `pks` that have merge state here, as {@link keyString}s. */
+  /** The keys among `pks` that have merge state here, as {@link mapKey}s. */
   existingKeys(pks: readonly (readonly SqlValue[])[]): Set<string> {
     const found = new Set<string>()
     const k = this.schema.pk.length
@@ -302,7 +308,7 @@ export class SyncedTable {
         this.#lookups.set(part.length, stmt)
       }
       const rows = stmt.all(...part.flat()) as SqlValue[][]
-      for (const row of rows) found.add(keyString(row))
+      for (const row of rows) found.add(mapKey(row))
     }
     return found
   }
