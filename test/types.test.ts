@@ -326,6 +326,31 @@ describe('primary keys', () => {
     )
   })
 
+  // An import skips looking keys up when all of them sort after the receiver's last key;
+  // that order must be SQLite's (UTF-8 bytes), not JavaScript's (UTF-16 code units).
+  it('text keys beyond U+FFFF next to keys just below it merge as existing rows', () => {
+    const ddl = 'CREATE TABLE t (k TEXT PRIMARY KEY, v)'
+    const a = replica(ddl, ['t'])
+    const b = replica(ddl, ['t'])
+    // In UTF-8 the emoji (F0 ..) sorts after U+FFFD (EF ..); in UTF-16 before it.
+    conn(a).prepare('INSERT INTO t VALUES (?, ?)').run('\u{1F600}', 1)
+    conn(a).prepare('INSERT INTO t VALUES (?, ?)').run('\uFFFD', 1)
+    conn(a).prepare('INSERT INTO t VALUES (?, ?)').run('a', 1)
+    sync(a, b)
+    // The receiver's last key is the emoji; U+FFFD sorts after it in JavaScript only.
+    conn(a).prepare('UPDATE t SET v = 2 WHERE k = ?').run('\uFFFD')
+    expect(sync(a, b).applied).toBe(1)
+    expectSameRows(a, b, 't')
+    // Integer keys: new ones after the last arrive, and an old one updated still merges.
+    const ci = replica('CREATE TABLE n (k INTEGER PRIMARY KEY, v)', ['n'])
+    const di = replica('CREATE TABLE n (k INTEGER PRIMARY KEY, v)', ['n'])
+    conn(ci).exec('INSERT INTO n VALUES (1, 1), (5, 1)')
+    sync(ci, di)
+    conn(ci).exec('UPDATE n SET v = 2 WHERE k = 1; INSERT INTO n VALUES (9, 1)')
+    expect(sync(ci, di).applied).toBe(3)
+    expectSameRows(ci, di, 'n')
+  })
+
   it('WITHOUT ROWID tables', () => {
     exercise('CREATE TABLE t (k TEXT PRIMARY KEY, v) WITHOUT ROWID', 't', ['x', 'y', 'z', 'w'])
     exercise('CREATE TABLE t (k INTEGER PRIMARY KEY, v) WITHOUT ROWID', 't', [1n, 2n, 3n, 2n ** 63n - 1n])

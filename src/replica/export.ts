@@ -1,5 +1,5 @@
 /** Export: every row and cell version the receiver's vector does not cover, as a payload. */
-import { type CellStamp, cellCovered } from '../core/merge.js'
+import { type CellStamp, cellCovered, type Stamp } from '../core/merge.js'
 import type { SqlValue } from '../core/values.js'
 import { covers, type VersionVector } from '../core/version-vector.js'
 import type { PayloadEncoder, WireRow, WireTable } from '../wire/payload.js'
@@ -8,11 +8,6 @@ import type { SyncedTable } from './synced-table.js'
 
 /** Rows per payload chunk: large enough to compress well, small enough to bound memory. */
 export const CHUNK_ROWS = 4096
-
-/** Concatenates iterables made one at a time (one open SQLite iterator at a time). */
-function* chain<A, T>(args: readonly A[], make: (arg: A) => Iterable<T>): Generator<T> {
-  for (const arg of args) yield* make(arg)
-}
 
 /** The payload description of a synced table. */
 export function wireTable(t: SyncedTable): WireTable {
@@ -61,10 +56,33 @@ export function encodeChanges(
     const k = t.schema.pk.length
     const n = t.dataCount
     let rows: WireRow[] = []
-    // Deletions first, so a receiver frees UNIQUE values before rows that reuse them arrive.
-    for (const raw of chain(tombstones(t) ? [false, true] : [true], (alive) => t.iterateChanged(floor, alive))) {
-      const state = decodeRow(raw.slice(k, k + 5) as StoredRow, n, sites)
-      const values = raw.slice(k + 5) as SqlValue[]
+    const add = (row: WireRow) => {
+      rows.push(row)
+      if (rows.length < CHUNK_ROWS) return
+      encoder.addChunk(ti, rows)
+      onProgress?.(encoder.rows)
+      rows = []
+    }
+    const visit = (raw: unknown[]): void => {
+      const v = raw[k + 3] as Uint8Array | null
+      if (v === null && (raw[k] as number) % 2 === 1) {
+        // The common case, a live row whose cells all carry the row's stamp: covered
+        // exactly when its life is, and sent without decoding anything.
+        const cl = raw[k] as number
+        const clStamp: Stamp = { cl, hlc: raw[k + 1] as number, site: sites.hex(raw[k + 2] as number) }
+        if (covers(since, clStamp.site, clStamp.hlc)) return
+        const cell: CellStamp = { cl, hlc: clStamp.hlc, site: clStamp.site, prev: null }
+        add({
+          pk: raw.slice(0, k) as SqlValue[],
+          cl,
+          clStamp,
+          stamps: new Array(n).fill(cell),
+          values: raw.slice(k + 4) as SqlValue[],
+        })
+        return
+      }
+      const state = decodeRow([raw[k], raw[k + 1], raw[k + 2], 0, v] as StoredRow, n, sites)
+      const values = raw.slice(k + 4) as SqlValue[]
       // A life the receiver has not seen goes whole: it needs every cell, including versions
       // carried over from an earlier life (a revived row's counter parts and text blocks).
       const newLife = !covers(since, state.clStamp.site, state.clStamp.hlc)
@@ -80,9 +98,9 @@ export function encodeChanges(
           ;(stamps as (CellStamp | null)[])[c] = null
         }
       }
-      if (!any) continue
+      if (!any) return
       const pk = raw.slice(0, k) as SqlValue[]
-      rows.push({
+      add({
         pk,
         cl: state.cl,
         clStamp: state.clStamp,
@@ -91,11 +109,10 @@ export function encodeChanges(
         ...(state.seen && { seen: state.seen }),
         ...(state.deletions && { deletions: state.deletions }),
       })
-      if (rows.length === CHUNK_ROWS) {
-        encoder.addChunk(ti, rows)
-        onProgress?.(encoder.rows)
-        rows = []
-      }
+    }
+    // Deletions first, so a receiver frees UNIQUE values before rows that reuse them arrive.
+    for (const alive of tombstones(t) ? [false, true] : [true]) {
+      for (const raw of t.iterateChanged(floor, alive)) visit(raw)
     }
     if (rows.length) {
       encoder.addChunk(ti, rows)

@@ -1,6 +1,6 @@
 /** A synced table: its schema, its metadata tables and the prepared statements that touch them. */
 import { HLC_TICKS_PER_MS } from '../core/hlc.js'
-import { counterCell, isAlive, type RowState, textCell } from '../core/merge.js'
+import { isAlive, type RowState, revivedCounterCell, revivedTextCell } from '../core/merge.js'
 import type { SqlValue } from '../core/values.js'
 import type { SqliteDatabase, SqliteStatement } from '../driver/types.js'
 import { keyString, mapKey } from './fold.js'
@@ -20,6 +20,15 @@ import type { TableSchema } from './schema.js'
 import { NOW_MS_SQL, placeholders, quoteId } from './sql.js'
 import { cached } from './statements.js'
 import { OP_CHECK, OP_DELETE, OP_INSERT } from './triggers.js'
+
+/** True when `s` holds a UTF-16 surrogate (a character beyond U+FFFF). */
+function hasSurrogates(s: string): boolean {
+  for (let i = 0; i < s.length; i++) {
+    const c = s.charCodeAt(i)
+    if (c >= 0xd800 && c <= 0xdfff) return true
+  }
+  return false
+}
 
 /** Rows of the change log read per fold step; bounds the memory a fold uses. */
 export const FOLD_BATCH = 8192
@@ -55,6 +64,8 @@ export class SyncedTable {
   readonly #rowExists: SqliteStatement
   readonly #logMax: SqliteStatement
   readonly #logEcho: SqliteStatement
+  readonly #lastKey: SqliteStatement
+  #utf8: boolean | undefined
   #echoGuard = false
   readonly #inserts = new Map<string, SqliteStatement>()
   readonly #multi = new Map<string, SqliteStatement>()
@@ -102,6 +113,10 @@ export class SyncedTable {
     this.#deleteRow = db.prepare(`DELETE FROM ${table} WHERE ${this.#keyWhere}`)
     this.#rowExists = db.prepare(`SELECT 1 FROM ${table} WHERE ${this.#keyWhere}`).raw()
     this.#logMax = db.prepare(`SELECT max(seq) AS m FROM ${logTable(id)}`)
+    this.#lastKey = db
+      .prepare(`SELECT ${keys[0]} FROM ${rowsTable(id)} ORDER BY ${keys[0]} DESC LIMIT 1`)
+      .raw()
+      .safeIntegers()
     this.#logEcho = db.prepare(
       `DELETE FROM ${logTable(id)} WHERE seq > ? AND ${keys.map((k) => `${k} IS ?`).join(' AND ')}`,
     )
@@ -176,7 +191,8 @@ export class SyncedTable {
    * After a row was revived (a new life written locally over a deletion), its counter and
    * text cells take the parts and blocks they held in the old life, as they were: every
    * replica that revives the row carries the same ones, so they join instead of adding up.
-   * (A life new to a receiver travels with all its cells, so old versions arrive too.)
+   * Each such cell also gets one version of the revival's own (see revivedCounterCell): the
+   * carried ones may be covered for a peer that started the same life concurrently.
    */
   carryOver(pk: readonly SqlValue[], was: RowState): void {
     const state = this.loadState(pk)
@@ -184,11 +200,11 @@ export class SyncedTable {
     const cells = state.cells.slice()
     for (const c of this.counters) {
       const parts = was.cells[c]?.parts
-      if (parts) cells[c] = counterCell(state.cl, parts)
+      if (parts) cells[c] = revivedCounterCell(state.cl, parts, state.clStamp)
     }
     for (const c of this.texts) {
       const blocks = was.cells[c]?.blocks
-      if (blocks) cells[c] = textCell(state.cl, blocks, state.clStamp)
+      if (blocks) cells[c] = revivedTextCell(state.cl, blocks, state.clStamp)
     }
     this.saveState(pk, { ...state, cells }, true)
   }
@@ -292,6 +308,7 @@ export class SyncedTable {
   /** The keys among `pks` that have merge state here, as {@link mapKey}s. */
   existingKeys(pks: readonly (readonly SqlValue[])[]): Set<string> {
     const found = new Set<string>()
+    if (this.#allAfterLast(pks)) return found
     const k = this.schema.pk.length
     const keys = keyColumns(k)
     const tuple = k === 1 ? '?' : `(${placeholders(k)})`
@@ -311,6 +328,37 @@ export class SyncedTable {
       for (const row of rows) found.add(mapKey(row))
     }
     return found
+  }
+
+  /**
+   * True when every key is certainly after the last key of the metadata table (or the table
+   * is empty), so none has state here: an initial sync arrives in key order, and this saves
+   * looking each key up. Decided only for single text keys whose JavaScript order is
+   * SQLite's (no UTF-16 surrogates, so code-unit order is UTF-8 byte order) and for integer
+   * keys; anything else answers false.
+   */
+  #allAfterLast(pks: readonly (readonly SqlValue[])[]): boolean {
+    if (this.schema.pk.length !== 1) return false
+    // BINARY compares the stored bytes: code-unit order only in a UTF-8 database.
+    this.#utf8 ??= (cached(this.#db, 'PRAGMA encoding').get() as { encoding: string }).encoding === 'UTF-8'
+    if (!this.#utf8) return false
+    const last = (this.#lastKey.get() as [SqlValue] | undefined)?.[0]
+    if (last === undefined) return true
+    if (typeof last === 'string') {
+      if (hasSurrogates(last)) return false
+      return pks.every((pk) => {
+        const v = pk[0]
+        return typeof v === 'string' && v > last && !hasSurrogates(v)
+      })
+    }
+    if (typeof last === 'bigint') {
+      // Numbers sort before text and blobs in SQLite; text and blob keys come after any integer.
+      return pks.every((pk) => {
+        const v = pk[0]
+        return (typeof v === 'bigint' && v > last) || (typeof v === 'string' && !hasSurrogates(v))
+      })
+    }
+    return false
   }
 
   /**
@@ -490,15 +538,15 @@ export class SyncedTable {
 
   /**
    * Every metadata row of live (or of deleted) keys whose newest stamp is above `minHlc`,
-   * joined with the live values:
-   * [...key, cl, clh, cls, md, v, ...data values]. Iterates; run nothing else meanwhile.
+   * joined with the live values: [...key, cl, clh, cls, v, ...data values] (no `md`: it
+   * only selects). Iterates; run nothing else meanwhile.
    */
   iterateChanged(minHlc: number, alive: boolean): IterableIterator<unknown[]> {
     const keys = keyColumns(this.schema.pk.length)
     const on = this.schema.pk.map((c, i) => `t.${quoteId(c.name)} = r.${keys[i]}`).join(' AND ')
     const values = this.schema.data.map((c) => `t.${quoteId(c.name)}`)
     // Metadata integers read as REAL: exact below 2^53 and no BigInt per column per row.
-    const meta = ['cl', 'clh', 'cls', 'md'].map((c) => `CAST(r.${c} AS REAL)`)
+    const meta = ['cl', 'clh', 'cls'].map((c) => `CAST(r.${c} AS REAL)`)
     const sql = `SELECT ${[...keys.map((k) => `r.${k}`), ...meta, 'r.v', ...values].join(', ')}
       FROM ${rowsTable(this.id)} r LEFT JOIN ${quoteId(this.name)} t ON ${on}
       WHERE r.clh + r.md > ? AND r.cl % 2 = ?`

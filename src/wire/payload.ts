@@ -631,9 +631,12 @@ export class DecodedPayload {
     }
     if (rs.remaining) throw badPayload('section overrun')
     const dataCount = t.columns.length - t.pkCount
+    // Cells stamped like their row share one object per row (stamps are never mutated).
+    const rowCells: (CellStamp | undefined)[] = new Array(n)
     for (let c = 0; c < dataCount; c++) {
       const s = section()
-      for (const row of rows) {
+      for (let i = 0; i < n; i++) {
+        const row = rows[i] as (typeof rows)[number]
         const flags = s.byte()
         if (flags === 0) {
           row.stamps.push(null)
@@ -696,6 +699,16 @@ export class DecodedPayload {
           if (!normalizeParts(parts)) throw badPayload('counter cell repeats a site')
           row.stamps.push(counterCell(cl, parts))
           row.values.push(sumParts(parts))
+          continue
+        }
+        if (flags === (F_PRESENT | F_ROW_STAMP)) {
+          let cell = rowCells[i]
+          if (cell === undefined) {
+            cell = { cl, hlc: row.clStamp.hlc, site: row.clStamp.site, prev: null }
+            rowCells[i] = cell
+          }
+          row.stamps.push(cell)
+          row.values.push(readValue(s))
           continue
         }
         let hlc = row.clStamp.hlc
