@@ -5,7 +5,7 @@
  * takes the later write, ties broken by site id.
  */
 import { type CounterPart, joinParts, newestPart } from './algorithms.js'
-import { type BlockConflict, joinBlocks, type TextBlock } from './text.js'
+import { type BlockConflict, between, joinBlocks, type TextBlock } from './text.js'
 import { covers, type VersionVector } from './version-vector.js'
 
 /** Who wrote a cell version, and when. */
@@ -43,6 +43,48 @@ export function textCell(cl: number, blocks: readonly TextBlock[], stamp: { hlc:
 export function counterCell(cl: number, parts: readonly CounterPart[]): CellStamp {
   const top = newestPart(parts)
   return { cl, hlc: top.hlc, site: top.site, prev: null, parts }
+}
+
+/**
+ * The counter cell of a revived life (see SyncedTable.carryOver): the parts of the life
+ * that ended, with the reviver's own part (zero when it had none) rewritten at the revival's
+ * `stamp`. The carried parts are old versions that a peer may have seen in the ended life
+ * and dropped with it; were the cell made of them only, it would count as covered for such
+ * a peer, and never reach it once the peer's own concurrent start of the same life holds
+ * the row's life stamp. The new part makes the cell new to everyone (a cell goes whole).
+ * Concurrent revivers each rewrite only their own part, with the same total: still a join.
+ */
+export function revivedCounterCell(
+  cl: number,
+  parts: readonly CounterPart[],
+  stamp: { hlc: number; site: string },
+): CellStamp {
+  const own: CounterPart = {
+    site: stamp.site,
+    hlc: stamp.hlc,
+    total: parts.find((p) => p.site === stamp.site)?.total ?? 0n,
+  }
+  const out = [...parts.filter((p) => p.site !== stamp.site), own]
+  return counterCell(
+    cl,
+    out.sort((a, b) => (a.site < b.site ? -1 : a.site > b.site ? 1 : 0)),
+  )
+}
+
+/**
+ * The text cell of a revived life (see SyncedTable.carryOver and {@link revivedCounterCell}):
+ * the blocks of the life that ended, as they were (concurrent revivers must not insert them
+ * twice), plus one deleted block of the reviver's at the end, written at the revival's
+ * `stamp`, so the cell is new to every peer.
+ */
+export function revivedTextCell(
+  cl: number,
+  blocks: readonly TextBlock[],
+  stamp: { hlc: number; site: string },
+): CellStamp {
+  const last = blocks.length ? (blocks[blocks.length - 1] as TextBlock).pos : null
+  const marker: TextBlock = { pos: between(last, null, stamp.site), text: null, hlc: stamp.hlc, site: stamp.site }
+  return textCell(cl, [...blocks, marker], stamp)
 }
 
 /** Orders stamps: negative when `a` loses to `b`, zero when equal, positive when `a` wins. */

@@ -263,7 +263,9 @@ export function applyPayload(
       hold(row.clStamp.site, row.clStamp.hlc)
       for (const c of cells) {
         if (c?.parts) for (const p of c.parts) hold(p.site, p.hlc)
-        else if (c) hold(c.site, c.hlc)
+        else if (c && (c.hlc !== row.clStamp.hlc || c.site !== row.clStamp.site)) hold(c.site, c.hlc)
+        // A text cell's stamp is its latest write's: its blocks may come from other sites.
+        if (c?.blocks) for (const b of c.blocks) hold(b.site, b.hlc)
       }
       // A life started by a replica without some of our columns: they hold their DEFAULT
       // since the life began (every replica with the column agrees), so the life is whole
