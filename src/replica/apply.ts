@@ -217,13 +217,18 @@ export function applyPayload(
     const bumped = listFor(bumpedByTable, t)
     const killed = listFor(killedByTable, t)
     const queued = new Set<string>()
+    // Same columns in the same order on both sides (the usual case).
+    const identity = localOnly.length === 0 && mapping.every((c, j) => c === j)
     for (const row of rows) {
-      const cells: (CellStamp | null)[] = new Array(n).fill(null)
-      const values: SqlValue[] = new Array(n).fill(null)
       const newLife = !covers(known, row.clStamp.site, row.clStamp.hlc)
+      // A new life keeps every cell: the decoded row's own arrays serve (it is used once).
+      const whole = newLife && identity
+      const cells = whole ? (row.stamps as (CellStamp | null)[]) : new Array<CellStamp | null>(n).fill(null)
+      const values = whole ? (row.values as SqlValue[]) : new Array<SqlValue>(n).fill(null)
       let fresh = newLife
       let present = 0
-      for (let j = 0; j < row.stamps.length; j++) {
+      if (whole) for (const c of cells) if (c !== null) present++
+      for (let j = 0; j < row.stamps.length && !whole; j++) {
         const stamp = row.stamps[j] as CellStamp | null
         // Cells of a life not seen here all count: some may be versions carried over from
         // an earlier life that the vector covers (see SyncedTable.carryOver).
