@@ -155,6 +155,78 @@ describe('live sync', () => {
     expect(serverRows()).toEqual(rows(c))
   })
 
+  it('bursts from three live clients go out in shared payloads, and each change is applied once', async () => {
+    const { logger, lines } = capture()
+    const s = await start({ logger })
+    const url = `${s.url.replace('http:', 'ws:')}/db/shop`
+    const rs = [replica('a'), replica('b'), replica('c')]
+    const applied = rs.map(() => 0)
+    const live = rs.map((r, k) => {
+      const { session } = connect(r, url)
+      session.on('change', (ch) => {
+        applied[k] = (applied[k] as number) + ch.applied
+      })
+      return session
+    })
+    for (const x of live) await waitFor(online(x), 'online')
+    await waitFor(() => lines.filter((l) => l.msg === 'sync' && l.live).length >= 3, 'the first frames')
+    for (let burst = 0; burst < 6; burst++) {
+      for (const [k, r] of rs.entries()) {
+        for (let i = 0; i < 10; i++) insert(r, `${k}-${burst}-${i}`, `burst ${burst} of ${k}`)
+      }
+      await new Promise((r) => setTimeout(r, 15))
+    }
+    await waitFor(() => rs.every((r) => rows(r).length === 180), 'every row on every replica')
+    for (const r of rs) expect(rows(r)).toEqual(rows(rs[0] as Replica))
+    await waitFor(() => serverRows().length === 180, 'every row on the server')
+    expect(serverRows()).toEqual(rows(rs[0] as Replica))
+
+    // Each replica applied each of the others' 120 rows exactly once: as many changes as a
+    // fresh replica counts when it imports them once.
+    const fresh = openReplica(':memory:')
+    fresh.db.exec(TODOS)
+    fresh.enableSync('todos')
+    const perRow = fresh.importChanges(rs[0]?.exportChanges() as Uint8Array).applied / 180
+    fresh.close()
+    expect(perRow).toBeGreaterThanOrEqual(1)
+    expect(applied).toEqual([120 * perRow, 120 * perRow, 120 * perRow])
+
+    // Fan-out is coalesced: clients that hold what the last flush sent share one export, so
+    // the server exported fewer payloads than it sent.
+    const flushes = lines.filter((l) => l.msg === 'live flush')
+    const exports = flushes.reduce((n, l) => n + (l.exports as number), 0)
+    const sends = flushes.reduce((n, l) => n + (l.sends as number), 0)
+    expect(sends).toBeGreaterThan(0)
+    expect(exports).toBeLessThan(sends)
+    expect(flushes.some((l) => (l.sends as number) === 3 && l.exports === 1)).toBe(true)
+  })
+
+  it('clients behind the shared position get their own export: late joiners and HTTP writers converge', async () => {
+    const s = await start({ liveIntervalMs: 50 })
+    const url = `${s.url.replace('http:', 'ws:')}/db/shop`
+    const [a, b, c, d] = [replica('a'), replica('b'), replica('c'), replica('d')]
+    const live = [a, b].map((r) => connect(r, url).session)
+    for (const x of live) await waitFor(online(x), 'online')
+    for (let i = 0; i < 20; i++) {
+      insert(a, `a${i}`, 'from a')
+      insert(b, `b${i}`, 'from b')
+      if (i === 5) {
+        // c wrote offline and joins late; d syncs over HTTP in the middle of the stream.
+        insert(c, 'c0', 'offline on c')
+        connect(c, url)
+      }
+      if (i === 10) {
+        insert(d, 'd0', 'over HTTP')
+        await d.sync(`${s.url}/db/shop`)
+      }
+      await new Promise((r) => setTimeout(r, 5))
+    }
+    await waitFor(() => [a, b, c].every((r) => rows(r).length === 42), 'every row on the live replicas')
+    await d.sync(`${s.url}/db/shop`)
+    for (const r of [b, c, d]) expect(rows(r)).toEqual(rows(a))
+    expect(serverRows()).toEqual(rows(a))
+  })
+
   it('a local write folded by an incoming import before the poll saw it is still pushed', async () => {
     const s = await start()
     const url = `${s.url.replace('http:', 'ws:')}/db/shop`

@@ -35,6 +35,12 @@ export interface ServerOptions {
   logger?: Logger
   /** Another storage backend (default: SQLite files under `data`). */
   store?: SyncStore
+  /**
+   * Shortest time between two fan-outs of a database's new changes to its live clients, in
+   * milliseconds (default 25). Changes that arrive in between go out together: one export
+   * shared by every client that is up to date, instead of one per client per import.
+   */
+  liveIntervalMs?: number
 }
 
 /** A running server. */
@@ -83,6 +89,10 @@ export async function createServer(options: ServerOptions = {}): Promise<Converg
   if (!Number.isInteger(port) || port < 0 || port > 65535) {
     throw new ConvergeError('BAD_ARGUMENT', `bad port ${port}`, { port })
   }
+  const interval = options.liveIntervalMs
+  if (interval !== undefined && !(Number.isFinite(interval) && interval >= 0)) {
+    throw new ConvergeError('BAD_ARGUMENT', `bad liveIntervalMs ${interval}`, { liveIntervalMs: interval })
+  }
   const config = checkConfig(options.config)
   const log = options.logger ?? pino()
   const dbs = config.databases
@@ -116,7 +126,15 @@ export async function createServer(options: ServerOptions = {}): Promise<Converg
     options.store ?? new SqliteStore({ dir: resolve(options.data ?? 'converge-data'), maxPayloadBytes: maxBytes })
   const metrics = new Metrics()
   const version = packageVersion()
-  const live = new LiveHub({ store, auth, limiter, metrics, log, maxPayloadBytes: maxBytes })
+  const live = new LiveHub({
+    store,
+    auth,
+    limiter,
+    metrics,
+    log,
+    maxPayloadBytes: maxBytes,
+    intervalMs: options.liveIntervalMs,
+  })
 
   const sendJson = (res: ServerResponse, status: number, body: unknown) => {
     const text = JSON.stringify(body)

@@ -153,11 +153,8 @@ class SqliteDatabase implements StoreDatabase {
 
   async exportFor(since: VersionVector): Promise<ExportedPayload> {
     const payload = this.#replica.exportChanges(since)
-    const rows = DecodedPayload.open(payload, Number.MAX_SAFE_INTEGER, nodeCodec).header.rowCounts.reduce(
-      (a, b) => a + b,
-      0,
-    )
-    return { payload, rows }
+    const { header } = DecodedPayload.open(payload, Number.MAX_SAFE_INTEGER, nodeCodec)
+    return { payload, rows: header.rowCounts.reduce((a, b) => a + b, 0), vector: header.vector }
   }
 
   async tables(): Promise<string[]> {

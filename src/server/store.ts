@@ -19,6 +19,8 @@ export interface AppliedPayload {
 export interface ExportedPayload {
   readonly payload: Uint8Array
   readonly rows: number
+  /** The vector the payload announces: a receiver that held `since` holds this after importing it. */
+  readonly vector: VersionVector
 }
 
 /** One database of the store. */

@@ -1,23 +1,23 @@
 /**
  * Live sync on the server: WebSocket connections to `/db/NAME`. Credentials, the rate limit
  * and the database name are checked at the HTTP upgrade; then every binary frame is a
- * payload, imported like a POST body and answered with what the client lacks, and every
- * successful import (over HTTP or WebSocket) is forwarded to the other live clients of the
- * database that lack it.
+ * payload, imported like a POST body. Answers and forwards are coalesced per database: after
+ * imports (over HTTP or WebSocket) a flush runs, at most once per `intervalMs`, and sends every
+ * live client that lacks something, and every client with a frame to answer, one payload.
+ * Clients that hold what the previous flush sent all get the same payload, exported once (the
+ * changes since that flush); the others get an export of their own.
  */
 import type { IncomingMessage } from 'node:http'
 import type { Duplex } from 'node:stream'
 import type { Logger } from 'pino'
 import { type WebSocket, WebSocketServer } from 'ws'
 import { ConvergeError, isConvergeError } from '../core/errors.js'
-import { dominates, mergeVectors, type VersionVector } from '../core/version-vector.js'
-import { nodeCodec } from '../platform/node-codec.js'
-import { DecodedPayload } from '../wire/payload.js'
+import { dominates, type VersionVector } from '../core/version-vector.js'
 import type { Authenticator, Principal } from './auth.js'
 import type { Metrics } from './metrics.js'
 import type { RateLimiter } from './rate-limit.js'
 import { DB_NAME_RE } from './sqlite-store.js'
-import type { AppliedPayload, StoreDatabase, SyncStore } from './store.js'
+import type { AppliedPayload, ExportedPayload, SyncStore } from './store.js'
 
 /** What the hub shares with the HTTP server. */
 export interface LiveHubOptions {
@@ -28,22 +28,54 @@ export interface LiveHubOptions {
   log: Logger
   /** Largest frame; a larger one closes the connection with 1009. */
   maxPayloadBytes: number
+  /** Shortest time between two flushes of a database, in milliseconds (default 25). */
+  intervalMs?: number
+}
+
+/** A frame imported and not answered yet. */
+interface Pending {
+  readonly applied: AppliedPayload
+  /** performance.now() when the frame arrived. */
+  readonly started: number
 }
 
 /** One live client. */
 interface Client {
   readonly ws: WebSocket
-  readonly db: string
+  readonly room: Room
   readonly principal: Principal
   /** What the client holds as far as the server knows: its announced vectors and what it was sent. */
-  vector: VersionVector
-  /** True once its first payload was handled (until then it is sent nothing unasked). */
+  readonly vector: VersionVector
+  /** True once its first payload was imported (until then it is sent nothing unasked). */
   ready: boolean
-  /** Frames and forwards of one client run one after another. */
+  /** Frames of one client are imported one after another. */
   queue: Promise<void>
-  /** A forward is queued and has not started: later imports ride on it. */
-  forwardQueued: boolean
+  /** Frames imported since the last flush: the next flush answers them. */
+  readonly pending: Pending[]
   site: string | undefined
+}
+
+/** The live clients of one database, and its flush state. */
+interface Room {
+  readonly db: string
+  readonly clients: Set<Client>
+  /** Everything clients announced (live or over HTTP): a client that holds it lacks nothing. */
+  readonly known: VersionVector
+  /**
+   * A vector every client that was sent something in the last flush holds (the pointwise
+   * minimum of what was sent): clients that hold it share one export of the changes since.
+   */
+  base: VersionVector | undefined
+  /** A flush is scheduled. */
+  timer: { cancel(): void } | undefined
+  /** The flush running, if any. */
+  flushing: Promise<void> | undefined
+  /** Something arrived during the running flush: flush again after it. */
+  again: boolean
+  /** performance.now() when the last flush started. */
+  lastFlush: number
+  /** How long the last flush took, in milliseconds. */
+  flushMs: number
 }
 
 const UPGRADE_STATUS: Record<string, string> = {
@@ -56,28 +88,32 @@ const UPGRADE_STATUS: Record<string, string> = {
 /** Codes after which the connection stays open: the client may send a better payload. */
 const RECOVERABLE = new Set(['BAD_PAYLOAD', 'SCHEMA_MISMATCH', 'CLOCK_DRIFT', 'CONSTRAINT', 'PAYLOAD_TOO_LARGE'])
 
+const DEFAULT_INTERVAL_MS = 25
+
 export class LiveHub {
   readonly #o: LiveHubOptions
   readonly #wss: WebSocketServer
-  readonly #clients = new Map<string, Set<Client>>()
+  readonly #rooms = new Map<string, Room>()
+  readonly #intervalMs: number
   #closed = false
 
   constructor(options: LiveHubOptions) {
     this.#o = options
+    this.#intervalMs = options.intervalMs ?? DEFAULT_INTERVAL_MS
     this.#wss = new WebSocketServer({ noServer: true, maxPayload: options.maxPayloadBytes })
   }
 
   /** Live clients of each database that has any. */
   connectionsByDatabase(): Map<string, number> {
     const out = new Map<string, number>()
-    for (const [db, set] of this.#clients) if (set.size > 0) out.set(db, set.size)
+    for (const [db, room] of this.#rooms) if (room.clients.size > 0) out.set(db, room.clients.size)
     return out
   }
 
   /** Live clients in all (for tests and metrics). */
   get connections(): number {
     let n = 0
-    for (const set of this.#clients.values()) n += set.size
+    for (const room of this.#rooms.values()) n += room.clients.size
     return n
   }
 
@@ -134,22 +170,32 @@ export class LiveHub {
 
   #connected(ws: WebSocket, db: string, principal: Principal): void {
     if (this.#closed) return void ws.terminate()
+    let room = this.#rooms.get(db)
+    if (!room) {
+      room = {
+        db,
+        clients: new Set(),
+        known: {},
+        base: undefined,
+        timer: undefined,
+        flushing: undefined,
+        again: false,
+        lastFlush: Number.NEGATIVE_INFINITY,
+        flushMs: 0,
+      }
+      this.#rooms.set(db, room)
+    }
     const client: Client = {
       ws,
-      db,
+      room,
       principal,
       vector: {},
       ready: false,
       queue: Promise.resolve(),
-      forwardQueued: false,
+      pending: [],
       site: undefined,
     }
-    let set = this.#clients.get(db)
-    if (!set) {
-      set = new Set()
-      this.#clients.set(db, set)
-    }
-    set.add(client)
+    room.clients.add(client)
     this.#o.metrics.request(db, 101)
     this.#o.log.info({ db, user: principal.user ?? undefined }, 'live client connected')
     ws.on('message', (data, isBinary) => {
@@ -166,42 +212,49 @@ export class LiveHub {
             Math.max(0, Math.min(principal.expiresAt - Date.now(), 2 ** 31 - 1)),
           )
         : undefined
+    const joined = room
     ws.on('close', (code) => {
       if (expiry) clearTimeout(expiry)
-      set.delete(client)
-      if (set.size === 0 && this.#clients.get(db) === set) this.#clients.delete(db)
+      joined.clients.delete(client)
+      if (joined.clients.size === 0 && this.#rooms.get(db) === joined) {
+        joined.timer?.cancel()
+        joined.timer = undefined
+        this.#rooms.delete(db)
+      }
       this.#o.log.info({ db, client: client.site, code }, 'live client disconnected')
     })
   }
 
   #enqueue(client: Client, job: () => Promise<void>): void {
-    client.queue = client.queue.then(job).catch((err) => {
-      this.#o.log.error({ err, db: client.db }, 'live sync failed')
-      this.#o.metrics.error('INTERNAL')
-      if (client.ws.readyState === client.ws.OPEN) {
-        client.ws.send(JSON.stringify({ code: 'SERVER_ERROR', message: 'internal error (see the server log)' }))
-        client.ws.close(1011, 'internal error')
-      }
-    })
+    client.queue = client.queue.then(job).catch((err) => this.#failed(client, err))
   }
 
-  /** Imports one frame (binary: a payload) and answers with what the client lacks. */
+  #failed(client: Client, err: unknown): void {
+    this.#o.log.error({ err, db: client.room.db }, 'live sync failed')
+    this.#o.metrics.error('INTERNAL')
+    if (client.ws.readyState === client.ws.OPEN) {
+      client.ws.send(JSON.stringify({ code: 'SERVER_ERROR', message: 'internal error (see the server log)' }))
+      client.ws.close(1011, 'internal error')
+    }
+  }
+
+  /** Imports one frame (binary: a payload); the next flush answers it. */
   async #frame(client: Client, payload: Uint8Array | undefined): Promise<void> {
     if (this.#closed || client.ws.readyState !== client.ws.OPEN) return
     const { store, metrics, log } = this.#o
+    const room = client.room
     const started = performance.now()
-    let db: StoreDatabase
     let applied: AppliedPayload
     try {
       if (!payload) throw new ConvergeError('BAD_PAYLOAD', 'send payloads as binary frames')
       metrics.bytesReceived += payload.length
-      db = await store.open(client.db)
+      const db = await store.open(room.db)
       applied = await db.apply(payload)
     } catch (err) {
       const code = isConvergeError(err) ? err.code : ''
       if (!RECOVERABLE.has(code)) throw err
       metrics.error(code)
-      log.debug({ db: client.db, code }, (err as Error).message)
+      log.debug({ db: room.db, code }, (err as Error).message)
       client.ws.send(JSON.stringify({ code, message: (err as Error).message }))
       return
     }
@@ -209,85 +262,176 @@ export class LiveHub {
     metrics.applySeconds((performance.now() - started) / 1000)
     metrics.changesReceived += applied.rows
     client.site = applied.sender
-    client.vector = mergeVectors(client.vector, applied.vector)
-    const changesOut = this.#send(client, await db.exportFor(applied.vector), true)
+    mergeInto(client.vector, applied.vector)
+    mergeInto(room.known, applied.vector)
+    client.pending.push({ applied, started })
     client.ready = true
-    const ms = performance.now() - started
-    metrics.activity({
-      time: Date.now(),
-      db: client.db,
-      client: applied.sender,
-      changesIn: applied.rows,
-      changesOut,
-      ms,
-    })
-    log.info(
-      {
-        db: client.db,
-        client: applied.sender,
-        user: client.principal.user ?? undefined,
-        live: true,
-        changesIn: applied.rows,
-        applied: applied.applied,
-        conflicts: applied.conflicts,
-        changesOut,
-        ms: Math.round(ms * 10) / 10,
-      },
-      'sync',
-    )
-    this.notify(client.db, applied, client)
+    this.#schedule(room)
   }
 
   /**
-   * After a successful import into `db` (from a POST or a live client): sends every other
-   * ready live client of `db` what it lacks, if anything; a client with a forward already
-   * queued gets this import in that one.
+   * After a successful import into `db` over HTTP: the next flush sends every ready live
+   * client of `db` what it lacks.
    */
-  notify(db: string, applied: AppliedPayload, except?: unknown): void {
+  notify(db: string, applied: AppliedPayload): void {
+    const room = this.#rooms.get(db)
+    if (this.#closed || !room) return
+    mergeInto(room.known, applied.vector)
+    this.#schedule(room)
+  }
+
+  /**
+   * Schedules a flush of `room`: right after the current I/O, or `intervalMs` after the last
+   * one started, and never sooner than the last one took again (so flushes of a database
+   * take at most half of the server's time, and imports get the rest).
+   */
+  #schedule(room: Room): void {
     if (this.#closed) return
-    for (const other of this.#clients.get(db) ?? []) {
-      if (other === except || !other.ready || dominates(other.vector, applied.vector)) continue
-      // One queued forward exports everything the client lacks when it runs, so imports
-      // that arrive meanwhile are coalesced into it instead of costing an export each.
-      if (other.forwardQueued) continue
-      other.forwardQueued = true
-      this.#enqueue(other, async () => {
-        other.forwardQueued = false
-        if (this.#closed || other.ws.readyState !== other.ws.OPEN) return
-        const out = await (await this.#o.store.open(db)).exportFor(other.vector)
-        if (out.rows > 0) this.#send(other, out, false)
-      })
+    if (room.flushing) {
+      room.again = true
+      return
+    }
+    if (room.timer) return
+    const run = () => {
+      room.timer = undefined
+      room.flushing = this.#flush(room)
+        .catch((err) => {
+          this.#o.log.error({ err, db: room.db }, 'live flush failed')
+          this.#o.metrics.error('INTERNAL')
+        })
+        .finally(() => {
+          room.flushing = undefined
+          if (room.again) {
+            room.again = false
+            this.#schedule(room)
+          }
+        })
+    }
+    const wait = room.lastFlush + Math.max(this.#intervalMs, 2 * room.flushMs) - performance.now()
+    if (wait > 0) {
+      const t = setTimeout(run, wait)
+      room.timer = { cancel: () => clearTimeout(t) }
+    } else {
+      // Frames read in the same turn of the event loop go out together.
+      const t = setImmediate(run)
+      room.timer = { cancel: () => clearImmediate(t) }
     }
   }
 
-  /** Sends a payload (the answer to a frame even when empty); returns its row count. */
-  #send(client: Client, out: { payload: Uint8Array; rows: number }, always: boolean): number {
-    if (!always && out.rows === 0) return 0
-    if (client.ws.readyState !== client.ws.OPEN) return 0
-    const { header } = DecodedPayload.open(out.payload, Number.MAX_SAFE_INTEGER, nodeCodec)
-    client.ws.send(out.payload)
-    client.vector = mergeVectors(client.vector, header.vector)
-    this.#o.metrics.changesSent += out.rows
-    this.#o.metrics.bytesSent += out.payload.length
-    return out.rows
+  /**
+   * Sends every client with frames to answer, and every ready client that lacks something,
+   * one payload: the shared export of the changes since `room.base` when it holds that
+   * base, or one of its own otherwise.
+   */
+  async #flush(room: Room): Promise<void> {
+    room.lastFlush = performance.now()
+    const { store, metrics, log } = this.#o
+    const db = await store.open(room.db)
+    const base = room.base
+    let shared: ExportedPayload | undefined
+    let sent: VersionVector | undefined
+    /** Exports made and payloads sent by this flush. */
+    let exports = 0
+    let sends = 0
+    for (const c of [...room.clients]) {
+      if (this.#closed) return
+      if (c.ws.readyState !== c.ws.OPEN) continue
+      const answering = c.pending.length > 0
+      if (!answering && (!c.ready || dominates(c.vector, room.known))) continue
+      let out: ExportedPayload
+      if (base !== undefined && dominates(c.vector, base)) {
+        if (!shared) {
+          shared = await db.exportFor(base)
+          exports++
+        }
+        out = shared
+      } else {
+        out = await db.exportFor(c.vector)
+        exports++
+      }
+      if (c.ws.readyState !== c.ws.OPEN) continue
+      if (!answering && out.rows === 0) {
+        // Nothing it lacks: it holds what the export announces, as if it had imported it.
+        mergeInto(c.vector, out.vector)
+        continue
+      }
+      const pending = c.pending.splice(0)
+      c.ws.send(out.payload)
+      sends++
+      mergeInto(c.vector, out.vector)
+      sent = sent === undefined ? { ...out.vector } : meetInto(sent, out.vector)
+      metrics.changesSent += out.rows
+      metrics.bytesSent += out.payload.length
+      pending.forEach(({ applied, started }, i) => {
+        const changesOut = i === 0 ? out.rows : 0
+        const ms = performance.now() - started
+        metrics.activity({
+          time: Date.now(),
+          db: room.db,
+          client: applied.sender,
+          changesIn: applied.rows,
+          changesOut,
+          ms,
+        })
+        log.info(
+          {
+            db: room.db,
+            client: applied.sender,
+            user: c.principal.user ?? undefined,
+            live: true,
+            changesIn: applied.rows,
+            applied: applied.applied,
+            conflicts: applied.conflicts,
+            changesOut,
+            ms: Math.round(ms * 10) / 10,
+          },
+          'sync',
+        )
+      })
+    }
+    if (sent !== undefined) room.base = sent
+    room.flushMs = performance.now() - room.lastFlush
+    log.debug({ db: room.db, exports, sends, ms: Math.round(room.flushMs * 10) / 10 }, 'live flush')
   }
 
   /** Ends every live connection (close code 1001) and waits for the queued frames to finish. */
   async close(): Promise<void> {
     this.#closed = true
-    const queues: Promise<void>[] = []
-    for (const set of this.#clients.values()) {
-      for (const c of set) {
-        queues.push(c.queue)
+    const waits: Promise<void>[] = []
+    for (const room of this.#rooms.values()) {
+      room.timer?.cancel()
+      room.timer = undefined
+      if (room.flushing) waits.push(room.flushing)
+      for (const c of room.clients) {
+        waits.push(c.queue)
         c.ws.close(1001, 'server shutting down')
         // Do not wait for a close handshake a vanished client will never answer.
         setTimeout(() => c.ws.terminate(), 1000).unref()
       }
     }
-    this.#clients.clear()
-    await Promise.all(queues)
+    this.#rooms.clear()
+    await Promise.all(waits)
     await new Promise<void>((done) => this.#wss.close(() => done()))
   }
+}
+
+/** Raises `into` to the pointwise maximum of both. */
+function mergeInto(into: VersionVector, other: VersionVector): void {
+  for (const site in other) {
+    const hlc = other[site] as number
+    const seen = into[site]
+    if (seen === undefined || hlc > seen) into[site] = hlc
+  }
+}
+
+/** Lowers `into` to the pointwise minimum of both (a site missing from either is dropped). */
+function meetInto(into: VersionVector, other: VersionVector): VersionVector {
+  for (const site in into) {
+    const hlc = other[site]
+    if (hlc === undefined) delete into[site]
+    else if (hlc < (into[site] as number)) into[site] = hlc
+  }
+  return into
 }
 
 function toBytes(data: Buffer | ArrayBuffer | Buffer[]): Uint8Array {

@@ -6,7 +6,7 @@
  * (the `ws` package in Node, the global `WebSocket` elsewhere), so nothing here needs Node.
  */
 import { ConvergeError } from '../core/errors.js'
-import { dominates, mergeVectors, type VersionVector } from '../core/version-vector.js'
+import { dominates, type VersionVector } from '../core/version-vector.js'
 import type {
   LiveChange,
   LiveEvents,
@@ -116,6 +116,8 @@ class WsSession implements LiveSession {
   /** What the server holds as far as this connection knows: its announced vectors and what we sent. */
   #serverHas: VersionVector = {}
   #dataVersion = -1
+  /** The server's site id as remembered in the replica, read once per connection. */
+  #serverSite: string | undefined
   #closing: Promise<void> | undefined
 
   constructor(host: LiveHost, url: string, options: LiveOptions, factory: WebSocketFactory) {
@@ -199,6 +201,7 @@ class WsSession implements LiveSession {
   #opened(): void {
     this.#setStatus({ state: 'online' })
     // Resume from the last position the server acknowledged: whatever it announced last.
+    this.#serverSite = this.#host.recall(this.#serverKey)
     this.#serverHas = this.#serverVector()
     this.#dataVersion = -1
     try {
@@ -232,7 +235,7 @@ class WsSession implements LiveSession {
     const header = this.#host.payloadHeader(payload)
     this.#pushedWrites = this.#host.localWrites()
     socket.send(payload)
-    this.#serverHas = mergeVectors(this.#serverHas, header.vector)
+    mergeInto(this.#serverHas, header.vector)
   }
 
   #message(data: unknown): void {
@@ -250,8 +253,12 @@ class WsSession implements LiveSession {
     try {
       const result = this.#host.importChanges(bytes)
       const header = this.#host.payloadHeader(bytes)
-      if (this.#host.recall(this.#serverKey) !== header.sender) this.#host.remember(this.#serverKey, header.sender)
-      this.#serverHas = mergeVectors(this.#serverHas, header.vector)
+      if (this.#serverSite !== header.sender) {
+        this.#host.remember(this.#serverKey, header.sender)
+        this.#serverSite = header.sender
+      }
+      // Payloads arrive one after another: raise the vector in place instead of copying it.
+      mergeInto(this.#serverHas, header.vector)
       // The import folded any local writes not pushed yet; the poll would no longer see them
       // in the change log, so push them now.
       if (this.#host.localWrites() !== this.#pushedWrites) this.#push(false)
@@ -290,8 +297,8 @@ class WsSession implements LiveSession {
   }
 
   #serverVector(): VersionVector {
-    const site = this.#host.recall(this.#serverKey)
-    return (site && this.#host.peers().find((p) => p.siteId === site)?.vector) || {}
+    const site = this.#serverSite
+    return { ...((site && this.#host.peers().find((p) => p.siteId === site)?.vector) || {}) }
   }
 
   #stopTimers(): void {
@@ -304,6 +311,15 @@ class WsSession implements LiveSession {
   #setStatus(status: LiveStatus): void {
     this.#status = status
     this.#events.emit('status', status)
+  }
+}
+
+/** Raises `into` to the pointwise maximum of both. */
+function mergeInto(into: VersionVector, other: VersionVector): void {
+  for (const site in other) {
+    const hlc = other[site] as number
+    const seen = into[site]
+    if (seen === undefined || hlc > seen) into[site] = hlc
   }
 }
 
