@@ -289,7 +289,10 @@ export function importBundle(host: BundleHost, path: string, options: BundleImpo
  */
 export function recordPeer(db: SqliteDatabase, site: string, vector: VersionVector): void {
   const old = cached(db, `SELECT vector FROM ${PREFIX}peers WHERE site = ?`).get(site) as { vector: string } | undefined
-  const merged = vectorJson(old ? mergeVectors(JSON.parse(old.vector) as VersionVector, vector) : vector)
+  const before = old ? (JSON.parse(old.vector) as VersionVector) : undefined
+  // Nothing new (the usual case for a peer that syncs often): no write, no re-serialising.
+  if (before && Object.entries(vector).every(([s, hlc]) => hlc <= (before[s] ?? 0))) return
+  const merged = vectorJson(before ? mergeVectors(before, vector) : vector)
   if (old?.vector === merged) return
   cached(db, `INSERT OR REPLACE INTO ${PREFIX}peers (site, vector, at) VALUES (?, ?, ?)`).run(site, merged, Date.now())
 }

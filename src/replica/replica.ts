@@ -395,12 +395,8 @@ export class Replica {
       const encoder = new PayloadEncoder(this.siteId, tables.map(wireTable), this.#options.codec)
       this.#foldAll()
       const held = new Map<string, number>()
-      for (const r of cached(this.db, `SELECT site, held FROM ${PREFIX}sites`).all() as {
-        site: string
-        held: number
-      }[]) {
-        held.set(r.site, r.held)
-      }
+      const rows = cached(this.db, `SELECT site, held FROM ${PREFIX}sites`).raw().all() as [string, number][]
+      for (const [site, hlc] of rows) held.set(site, hlc)
       // A receiver that has seen less than the compaction floor may hold rows whose
       // deletion is gone from here: it gets every row this replica holds, live or deleted,
       // marked complete, and deletes the rows of lives it has seen that the payload lacks.
@@ -500,7 +496,8 @@ export class Replica {
       if (result.skipped === 0 && result.unknown === 0 && dominates(known, header.since)) {
         const seen = cached(this.db, `UPDATE ${PREFIX}sites SET seen = max(seen, ?) WHERE idx = ?`)
         for (const [site, hlc] of Object.entries(header.vector)) {
-          if (site !== this.siteId) seen.run(hlc, this.#sites.idx(site))
+          // `known` was read in this transaction: only entries that move need a write.
+          if (site !== this.siteId && hlc > (known[site] ?? 0)) seen.run(hlc, this.#sites.idx(site))
         }
       }
       recordPeer(this.db, header.sender, header.vector)
@@ -726,12 +723,11 @@ export class Replica {
 
   #vector(): VersionVector {
     const out: VersionVector = {}
-    for (const r of cached(this.db, `SELECT site, seen FROM ${PREFIX}sites WHERE seen > 0`).all() as {
-      site: string
-      seen: number
-    }[]) {
-      out[r.site] = r.seen
-    }
+    const rows = cached(this.db, `SELECT site, seen FROM ${PREFIX}sites WHERE seen > 0`).raw().all() as [
+      string,
+      number,
+    ][]
+    for (const [site, seen] of rows) out[site] = seen
     return out
   }
 

@@ -4,8 +4,9 @@ import type { SqliteDatabase, SqliteStatement } from '../driver/types.js'
 const caches = new WeakMap<SqliteDatabase, Map<string, SqliteStatement>>()
 
 /**
- * The prepared statement for `sql` on `db`, prepared once. Only for statements used in the
- * default mode (no `raw()` or `safeIntegers()`), since those settings stick to the object.
+ * The prepared statement for `sql` on `db`, prepared once. `raw()` and `safeIntegers()`
+ * stick to the object, so a statement set to them must be set the same way at every use of
+ * its SQL text.
  */
 export function cached(db: SqliteDatabase, sql: string): SqliteStatement {
   let cache = caches.get(db)

@@ -741,8 +741,19 @@ export function bytesToHex(b: Uint8Array): string {
   return s
 }
 
+/** Value of an ASCII hex digit by character code (-1: not one). */
+const NIBBLE = Array.from({ length: 128 }, (_, c) => {
+  const ch = String.fromCharCode(c)
+  return /[0-9a-f]/i.test(ch) ? Number.parseInt(ch, 16) : -1
+})
+
 export function hexToBytes(hex: string): Uint8Array {
-  const out = new Uint8Array(hex.length / 2)
-  for (let i = 0; i < out.length; i++) out[i] = Number.parseInt(hex.slice(i * 2, i * 2 + 2), 16)
+  const out = new Uint8Array(hex.length >> 1)
+  for (let i = 0; i < out.length; i++) {
+    const hi = NIBBLE[hex.charCodeAt(2 * i)] ?? -1
+    const lo = NIBBLE[hex.charCodeAt(2 * i + 1)] ?? -1
+    if (hi < 0 || lo < 0) throw new RangeError(`not a hex string: ${hex}`)
+    out[i] = (hi << 4) | lo
+  }
   return out
 }
