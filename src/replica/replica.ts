@@ -6,7 +6,14 @@ import { type AppValue, type SqlValue, sameValue, toAppValue } from '../core/val
 import { dominates, type VersionVector } from '../core/version-vector.js'
 import type { SqliteDatabase } from '../driver/types.js'
 import { ByteReader, ByteWriter } from '../wire/bytes.js'
-import { bytesToHex, DecodedPayload, type PayloadCodec, PayloadEncoder, portableCodec } from '../wire/payload.js'
+import {
+  bytesToHex,
+  DecodedPayload,
+  type PayloadCodec,
+  PayloadEncoder,
+  type PayloadHeader,
+  portableCodec,
+} from '../wire/payload.js'
 import { readValue, writeValue } from '../wire/values.js'
 import { applyPayload, type ConflictRecord, matchTables } from './apply.js'
 import {
@@ -175,7 +182,24 @@ export interface LiveHost extends SyncHost {
   /** Local writes folded so far by this object: moves when an import folded writes the poll had not seen. */
   localWrites(): number
   /** Sender, vector and rows per table of a payload, read with the replica's (fast) codec. */
-  payloadHeader(payload: Uint8Array): { sender: string; vector: VersionVector; rows: Record<string, number> }
+  payloadHeader(payload: Uint8Array): PayloadSummary
+}
+
+/** What a live session needs of a payload's header. */
+export interface PayloadSummary {
+  readonly sender: string
+  readonly vector: VersionVector
+  /** Rows per table name, for tables with rows. */
+  readonly rows: Record<string, number>
+}
+
+function summarize(h: PayloadHeader): PayloadSummary {
+  const rows: Record<string, number> = {}
+  h.tables.forEach((t, i) => {
+    const n = h.rowCounts[i] ?? 0
+    if (n > 0) rows[t.name] = n
+  })
+  return { sender: h.sender, vector: h.vector, rows }
 }
 
 /** Opens a live session with a server (src/sync/ws-session.ts). */
@@ -252,6 +276,11 @@ export class Replica {
   #schemaVersion = -1
   /** Rows deleted (locally or by imports) since the last compaction, by this object. */
   #deletesSinceCompact = 0
+  /**
+   * Sender, vector and rows per table of the payloads this object just exported or
+   * imported, so that a live session need not decode them again (see LiveHost.payloadHeader).
+   */
+  readonly #headers = new WeakMap<Uint8Array, PayloadSummary>()
 
   constructor(db: SqliteDatabase, options: ReplicaOptions = {}) {
     if (options.siteId !== undefined && !SITE_RE.test(options.siteId)) {
@@ -395,8 +424,8 @@ export class Replica {
       const encoder = new PayloadEncoder(this.siteId, tables.map(wireTable), this.#options.codec)
       this.#foldAll()
       const held = new Map<string, number>()
-      const rows = cached(this.db, `SELECT site, held FROM ${PREFIX}sites`).raw().all() as [string, number][]
-      for (const [site, hlc] of rows) held.set(site, hlc)
+      const sites = cached(this.db, `SELECT site, held FROM ${PREFIX}sites`).raw().all() as [string, number][]
+      for (const [site, hlc] of sites) held.set(site, hlc)
       // A receiver that has seen less than the compaction floor may hold rows whose
       // deletion is gone from here: it gets every row this replica holds, live or deleted,
       // marked complete, and deletes the rows of lives it has seen that the payload lacks.
@@ -405,7 +434,13 @@ export class Replica {
       const tombstones = snapshot ? () => false : undefined
       encodeChanges(encoder, tables, this.#sites, from, scanFloor(held, from), onProgress, tombstones)
       const vector = announcedVector(this.db, this.siteId, this.#vector(), from, snapshot || complete)
-      return { payload: encoder.finish(vector, from, this.#clock, complete), rows: encoder.rows }
+      const payload = encoder.finish(vector, from, this.#clock, complete)
+      const rows: Record<string, number> = {}
+      encoder.tableRows.forEach((n, i) => {
+        if (n > 0) rows[tables[i]?.name as string] = n
+      })
+      this.#headers.set(payload, { sender: this.siteId, vector, rows })
+      return { payload, rows: encoder.rows }
     })
   }
 
@@ -437,6 +472,7 @@ export class Replica {
     this.#open()
     const decoded = DecodedPayload.open(payload, this.#options.maxPayloadBytes, this.#options.codec)
     const { header } = decoded
+    this.#headers.set(payload, summarize(header))
     if (header.sender === this.siteId) return { applied: 0, conflicts: 0 }
     if (exceedsDrift(header.maxHlc, Date.now(), this.#options.maxClockDriftMs)) {
       const aheadMs = hlcToMillis(header.maxHlc) - Date.now()
@@ -574,15 +610,9 @@ export class Replica {
         },
         inTransaction: () => this.db.inTransaction,
         localWrites: () => this.#localWrites,
-        payloadHeader: (payload) => {
-          const h = DecodedPayload.open(payload, Number.MAX_SAFE_INTEGER, this.#options.codec).header
-          const rows: Record<string, number> = {}
-          h.tables.forEach((t, i) => {
-            const n = h.rowCounts[i] ?? 0
-            if (n > 0) rows[t.name] = n
-          })
-          return { sender: h.sender, vector: h.vector, rows }
-        },
+        payloadHeader: (payload) =>
+          this.#headers.get(payload) ??
+          summarize(DecodedPayload.open(payload, Number.MAX_SAFE_INTEGER, this.#options.codec).header),
       },
       url,
       options,

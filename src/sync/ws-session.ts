@@ -230,9 +230,10 @@ class WsSession implements LiveSession {
     const socket = this.#socket
     if (!socket || socket.readyState !== OPEN) return
     if (!always && dominates(this.#serverHas, this.#host.versionVector())) return
+    const exported = this.#host.exportChanges(this.#serverHas)
+    const header = this.#host.payloadHeader(exported)
     // A plain copy: exports live in a resizable ArrayBuffer, which some sockets refuse.
-    const payload = new Uint8Array(this.#host.exportChanges(this.#serverHas))
-    const header = this.#host.payloadHeader(payload)
+    const payload = new Uint8Array(exported)
     this.#pushedWrites = this.#host.localWrites()
     socket.send(payload)
     mergeInto(this.#serverHas, header.vector)

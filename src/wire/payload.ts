@@ -184,6 +184,11 @@ export class PayloadEncoder {
     return i
   }
 
+  /** Rows added so far per table, parallel to the tables the encoder was made with. */
+  get tableRows(): readonly number[] {
+    return this.#rowCounts
+  }
+
   /** Number of rows added so far. */
   get rows(): number {
     return this.#rowCounts.reduce((a, b) => a + b, 0)
