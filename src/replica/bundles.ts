@@ -289,11 +289,13 @@ export function importBundle(host: BundleHost, path: string, options: BundleImpo
  */
 export function recordPeer(db: SqliteDatabase, site: string, vector: VersionVector): void {
   const old = cached(db, `SELECT vector FROM ${PREFIX}peers WHERE site = ?`).get(site) as { vector: string } | undefined
-  const before = old ? (JSON.parse(old.vector) as VersionVector) : undefined
-  // Nothing new (the usual case for a peer that syncs often): no write, no re-serialising.
+  const before = old ? parsedVector(old.vector) : undefined
+  // Nothing new (a payload imported again, or an older one): no write, no re-serialising.
   if (before && Object.entries(vector).every(([s, hlc]) => hlc <= (before[s] ?? 0))) return
-  const merged = vectorJson(before ? mergeVectors(before, vector) : vector)
+  const next = before ? mergeVectors(before, vector) : vector
+  const merged = vectorJson(next)
   if (old?.vector === merged) return
+  parsedVector(merged, next)
   cached(db, `INSERT OR REPLACE INTO ${PREFIX}peers (site, vector, at) VALUES (?, ?, ?)`).run(site, merged, Date.now())
 }
 
@@ -305,6 +307,24 @@ export function readPeers(db: SqliteDatabase): Peer[] {
     at: number
   }[]
   return rows.map((r) => ({ siteId: r.site, vector: JSON.parse(r.vector) as VersionVector, lastSeen: Number(r.at) }))
+}
+
+/**
+ * Peer vectors recently read or written, by their JSON text (the oldest go past
+ * {@link PARSED_MAX}): a peer that syncs often is not parsed again on every import.
+ * The vectors are shared, never mutated.
+ */
+const parsed = new Map<string, VersionVector>()
+const PARSED_MAX = 256
+
+function parsedVector(json: string, vector?: VersionVector): VersionVector {
+  let v = parsed.get(json)
+  if (v === undefined) {
+    v = vector ?? (JSON.parse(json) as VersionVector)
+    parsed.set(json, v)
+    if (parsed.size > PARSED_MAX) parsed.delete(parsed.keys().next().value as string)
+  }
+  return v
 }
 
 function vectorJson(v: VersionVector): string {

@@ -880,11 +880,15 @@ export class Replica {
    */
   #syncTables(): void {
     const version = (cached(this.db, 'PRAGMA schema_version').get() as { schema_version: number }).schema_version
+    if (version === this.#schemaVersion) {
+      // The common case, nothing changed: a count, not the stored descriptions, tells.
+      const count = (cached(this.db, `SELECT count(*) AS n FROM ${PREFIX}tables`).get() as { n: number }).n
+      if (count === this.#tables.size) return
+    }
     const rows = cached(
       this.db,
       `SELECT id, name, hash, options, columns, triggers, clfloor FROM ${PREFIX}tables`,
     ).all() as StoredTable[]
-    if (version === this.#schemaVersion && rows.length === this.#tables.size) return
     for (const stored of rows) {
       const known = this.#tables.get(stored.name)
       const { schema, rebuilt } = reconcileTable(this.db, stored, known?.schema)
