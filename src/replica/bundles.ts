@@ -289,15 +289,29 @@ export function importBundle(host: BundleHost, path: string, options: BundleImpo
  */
 export function recordPeer(db: SqliteDatabase, site: string, vector: VersionVector): void {
   const old = cached(db, `SELECT vector FROM ${PREFIX}peers WHERE site = ?`).get(site) as { vector: string } | undefined
-  const before = old ? parsedVector(old.vector) : undefined
-  // Nothing new (a payload imported again, or an older one): no write, no re-serialising.
+  const known = recorded.get(db)?.get(site)
+  // The vector as last written here, unless another connection wrote since (the texts differ).
+  const before = old
+    ? known?.json === old.vector
+      ? known.vector
+      : (JSON.parse(old.vector) as VersionVector)
+    : undefined
+  // Nothing new (a payload imported again, or an older one): no write.
   if (before && Object.entries(vector).every(([s, hlc]) => hlc <= (before[s] ?? 0))) return
-  const next = before ? mergeVectors(before, vector) : vector
-  const merged = vectorJson(next)
-  if (old?.vector === merged) return
-  parsedVector(merged, next)
-  cached(db, `INSERT OR REPLACE INTO ${PREFIX}peers (site, vector, at) VALUES (?, ?, ?)`).run(site, merged, Date.now())
+  const next = before ? mergeVectors(before, vector) : { ...vector }
+  // Entries keep the order they came in; the text only has to parse back to the vector.
+  const json = JSON.stringify(next)
+  cached(db, `INSERT OR REPLACE INTO ${PREFIX}peers (site, vector, at) VALUES (?, ?, ?)`).run(site, json, Date.now())
+  let sites = recorded.get(db)
+  if (!sites) {
+    sites = new Map()
+    recorded.set(db, sites)
+  }
+  sites.set(site, { json, vector: next })
 }
+
+/** Per connection and peer, the vector recordPeer last wrote and its text (saves parsing it again). */
+const recorded = new WeakMap<SqliteDatabase, Map<string, { json: string; vector: VersionVector }>>()
 
 /** Every peer heard from, by site id. */
 export function readPeers(db: SqliteDatabase): Peer[] {
@@ -307,24 +321,6 @@ export function readPeers(db: SqliteDatabase): Peer[] {
     at: number
   }[]
   return rows.map((r) => ({ siteId: r.site, vector: JSON.parse(r.vector) as VersionVector, lastSeen: Number(r.at) }))
-}
-
-/**
- * Peer vectors recently read or written, by their JSON text (the oldest go past
- * {@link PARSED_MAX}): a peer that syncs often is not parsed again on every import.
- * The vectors are shared, never mutated.
- */
-const parsed = new Map<string, VersionVector>()
-const PARSED_MAX = 256
-
-function parsedVector(json: string, vector?: VersionVector): VersionVector {
-  let v = parsed.get(json)
-  if (v === undefined) {
-    v = vector ?? (JSON.parse(json) as VersionVector)
-    parsed.set(json, v)
-    if (parsed.size > PARSED_MAX) parsed.delete(parsed.keys().next().value as string)
-  }
-  return v
 }
 
 function vectorJson(v: VersionVector): string {
@@ -444,7 +440,7 @@ function finishSnapshot(host: BundleHost, check: SnapshotCheck, sent: VersionVec
 }
 
 function readFloor(db: SqliteDatabase): VersionVector {
-  const row = db.prepare(`SELECT value FROM ${PREFIX}state WHERE key = ?`).get(FLOOR_KEY) as
+  const row = cached(db, `SELECT value FROM ${PREFIX}state WHERE key = ?`).get(FLOOR_KEY) as
     | { value: string }
     | undefined
   return row ? (JSON.parse(row.value) as VersionVector) : {}
