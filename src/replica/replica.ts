@@ -486,7 +486,7 @@ export class Replica {
       const matched = matchTables(decoded, this.#tables)
       // Fresh keys start above every tombstone the sender (or its peers) compacted away.
       for (const wt of header.tables) if (wt.clFloor > 0) this.#tables.get(wt.name)?.raiseClFloor(wt.clFloor)
-      this.db.exec('PRAGMA defer_foreign_keys = ON')
+      cached(this.db, 'PRAGMA defer_foreign_keys = ON').run()
       this.#foldAll()
       const known = this.#vector()
       // Applied changes must not be captured as local writes: triggers come off for the

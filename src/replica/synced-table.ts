@@ -151,15 +151,14 @@ export class SyncedTable {
     if (this.counters.length || this.texts.length) return null
     const keys = keyColumns(this.schema.pk.length).join(', ')
     const log = logTable(this.id)
-    const other = this.#db.prepare(`SELECT min(seq) AS s FROM ${log} WHERE op <> ${OP_INSERT}`).get() as {
+    const other = cached(this.#db, `SELECT min(seq) AS s FROM ${log} WHERE op <> ${OP_INSERT}`).get() as {
       s: number | null
     }
     const range = other.s === null ? '' : `WHERE seq < ${other.s}`
-    const s = this.#db
-      .prepare(
-        `SELECT count(*) AS n, min(seq) AS lo, max(seq) AS hi, max(ts * ${HLC_TICKS_PER_MS} - seq) AS lead FROM ${log} ${range}`,
-      )
-      .get() as { n: number; lo: number | null; hi: number; lead: number }
+    const s = cached(
+      this.#db,
+      `SELECT count(*) AS n, min(seq) AS lo, max(seq) AS hi, max(ts * ${HLC_TICKS_PER_MS} - seq) AS lead FROM ${log} WHERE seq < ?`,
+    ).get(other.s ?? Number.MAX_SAFE_INTEGER) as { n: number; lo: number | null; hi: number; lead: number }
     if (s.lo === null || s.n < BULK_FOLD_MIN) return null
     const hlc = `(seq - ${s.lo} + 1) + max(?, max(ts * ${HLC_TICKS_PER_MS} - seq) OVER (ORDER BY seq ROWS UNBOUNDED PRECEDING) + ${s.lo - 1})`
     const staged = quoteId(`${PREFIX}fold_${this.id}`)
@@ -405,7 +404,7 @@ export class SyncedTable {
    * merged row with the same key: the fold checks whether the row is really gone.
    */
   markCascadeDeletesForCheck(): void {
-    this.#db.prepare(`UPDATE ${logTable(this.id)} SET op = ${OP_CHECK} WHERE op = ${OP_DELETE}`).run()
+    cached(this.#db, `UPDATE ${logTable(this.id)} SET op = ${OP_CHECK} WHERE op = ${OP_DELETE}`).run()
   }
 
   /** Runs one of the import's own writes to the user table. */
