@@ -337,7 +337,8 @@ export class SyncedTable {
    * keys; anything else answers false.
    */
   #allAfterLast(pks: readonly (readonly SqlValue[])[]): boolean {
-    if (this.schema.pk.length !== 1) return false
+    // A few keys are looked up as cheaply as the last key is found.
+    if (this.schema.pk.length !== 1 || pks.length < INSERT_BATCH) return false
     // BINARY compares the stored bytes: code-unit order only in a UTF-8 database.
     this.#utf8 ??= (cached(this.#db, 'PRAGMA encoding').get() as { encoding: string }).encoding === 'UTF-8'
     if (!this.#utf8) return false
