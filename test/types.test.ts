@@ -326,6 +326,35 @@ describe('primary keys', () => {
     )
   })
 
+  // 256 or more fresh inserts fold in bulk, through a temporary table: keys keep their type.
+  it('untyped keys of every storage class keep it through a bulk fold', () => {
+    const a = replica('CREATE TABLE t (k PRIMARY KEY, v)', ['t'])
+    const b = replica('CREATE TABLE t (k PRIMARY KEY, v)', ['t'])
+    const ins = conn(a).prepare('INSERT INTO t VALUES (?, ?)')
+    conn(a).transaction(() => {
+      for (let i = 0; i < 100; i++) {
+        ins.run(BigInt(i), 'int')
+        ins.run(String(i), 'text')
+        ins.run(Buffer.from([i]), 'blob')
+        ins.run(i + 0.5, 'real')
+      }
+    })()
+    expect(sync(a, b).applied).toBe(400 * 2)
+    const kinds = (r: Replica) =>
+      conn(r).prepare('SELECT typeof(k) AS t, count(*) AS n FROM t GROUP BY typeof(k) ORDER BY 1').all()
+    expect(kinds(b)).toEqual([
+      { t: 'blob', n: 100 },
+      { t: 'integer', n: 100 },
+      { t: 'real', n: 100 },
+      { t: 'text', n: 100 },
+    ])
+    expectSameRows(a, b, 't')
+    // Their metadata rows have the keys' types too: updates of every row find them.
+    conn(a).exec("UPDATE t SET v = v || '!'")
+    expect(sync(a, b).applied).toBe(400)
+    expectSameRows(a, b, 't')
+  })
+
   // An import skips looking keys up when all of them sort after the receiver's last key;
   // that order must be SQLite's (UTF-8 bytes), not JavaScript's (UTF-16 code units).
   it('text keys beyond U+FFFF next to keys just below it merge as existing rows', () => {
