@@ -18,18 +18,29 @@ afterEach(() => {
 })
 
 /** Replicas with SITE_POOL[i] for each i: the site order decides ties between equal HLCs. */
-function replicas(sites: number[], ddl: string, table: string, columns: Record<string, 'counter' | 'text'>) {
+/** One add-wins replica per given site of SITE_POOL (site order decides ties). */
+function replicas<N extends number[]>(
+  sites: [...N],
+  ddl: string,
+  table: string,
+  columns: Record<string, 'counter' | 'text'>,
+): { [K in keyof N]: Replica } {
   return sites.map((i) => {
     const r = openReplica(':memory:', { siteId: SITE_POOL[i] as string })
     open.push(r)
     r.db.exec(ddl)
     r.enableSync(table, { rows: 'add-wins', columns })
     return r
-  })
+  }) as { [K in keyof N]: Replica }
 }
 
 function rows(r: Replica, table: string): unknown[] {
   return r.db.prepare(`SELECT * FROM ${table} ORDER BY id`).all()
+}
+
+/** Every replica holds `want` in `table`. */
+function expectEverywhere(rs: readonly Replica[], table: string, want: unknown[]): void {
+  for (const r of rs) expect(rows(r, table)).toEqual(want)
 }
 
 describe('add-wins: a revived life reaches a peer that re-inserted the row concurrently', () => {
@@ -38,11 +49,7 @@ describe('add-wins: a revived life reaches a peer that re-inserted the row concu
   // B's and its site id sorts after B's), so the merged row's life stamp is A's own: only
   // the revived cells themselves can tell A that it lacks something.
   it('counter parts carried over from the reviver itself (the property counterexample)', () => {
-    const [a, b, c] = replicas([1, 0, 3], STOCK, 'stock', { qty: 'counter', price: 'counter' }) as [
-      Replica,
-      Replica,
-      Replica,
-    ]
+    const [a, b, c] = replicas([1, 0, 3], STOCK, 'stock', { qty: 'counter', price: 'counter' })
     a.db.prepare('INSERT INTO stock (id) VALUES (1)').run()
     a.db.prepare('DELETE FROM stock WHERE id = 1').run()
     b.db.prepare('INSERT INTO stock (id) VALUES (1)').run()
@@ -60,17 +67,11 @@ describe('add-wins: a revived life reaches a peer that re-inserted the row concu
     sync(b, a)
     settle([a, b, c], 4)
     const want = [{ id: 1, qty: 13, price: -0.25, note: null }]
-    expect(rows(a, 'stock')).toEqual(want)
-    expect(rows(b, 'stock')).toEqual(want)
-    expect(rows(c, 'stock')).toEqual(want)
+    expectEverywhere([a, b, c], 'stock', want)
   })
 
   it('counter parts carried over from a third site only (the reviver edited another column)', () => {
-    const [a, b, c] = replicas([1, 0, 2], STOCK, 'stock', { qty: 'counter', price: 'counter' }) as [
-      Replica,
-      Replica,
-      Replica,
-    ]
+    const [a, b, c] = replicas([1, 0, 2], STOCK, 'stock', { qty: 'counter', price: 'counter' })
     c.db.prepare('INSERT INTO stock (id, qty) VALUES (1, 5)').run()
     sync(c, a)
     sync(c, b)
@@ -84,13 +85,11 @@ describe('add-wins: a revived life reaches a peer that re-inserted the row concu
     sync(b, a)
     settle([a, b, c], 4)
     const want = [{ id: 1, qty: 6, price: 0, note: 'again' }]
-    expect(rows(a, 'stock')).toEqual(want)
-    expect(rows(b, 'stock')).toEqual(want)
-    expect(rows(c, 'stock')).toEqual(want)
+    expectEverywhere([a, b, c], 'stock', want)
   })
 
   it('text blocks carried over', () => {
-    const [a, b, c] = replicas([1, 0, 3], NOTES, 'notes', { body: 'text' }) as [Replica, Replica, Replica]
+    const [a, b, c] = replicas([1, 0, 3], NOTES, 'notes', { body: 'text' })
     a.db.prepare("INSERT INTO notes (id, body) VALUES (1, 'a')").run()
     a.db.prepare('DELETE FROM notes WHERE id = 1').run()
     b.db.prepare("INSERT INTO notes (id, body) VALUES (1, 'x\ny')").run()
@@ -104,17 +103,11 @@ describe('add-wins: a revived life reaches a peer that re-inserted the row concu
     sync(b, a)
     settle([a, b, c], 4)
     const want = [{ id: 1, body: 'x\nyy\nnew', title: null }]
-    expect(rows(a, 'notes')).toEqual(want)
-    expect(rows(b, 'notes')).toEqual(want)
-    expect(rows(c, 'notes')).toEqual(want)
+    expectEverywhere([a, b, c], 'notes', want)
   })
 
   it('two replicas reviving the same row concurrently still count every part once', () => {
-    const [a, b, c] = replicas([2, 0, 1], STOCK, 'stock', { qty: 'counter', price: 'counter' }) as [
-      Replica,
-      Replica,
-      Replica,
-    ]
+    const [a, b, c] = replicas([2, 0, 1], STOCK, 'stock', { qty: 'counter', price: 'counter' })
     a.db.prepare('INSERT INTO stock (id, qty) VALUES (1, 10)').run()
     settle([a, b, c], 4)
     // A deletes while B and C each sell some, without seeing the delete or each other.
@@ -126,9 +119,7 @@ describe('add-wins: a revived life reaches a peer that re-inserted the row concu
     sync(a, c)
     settle([a, b, c], 4)
     const want = [{ id: 1, qty: 7, price: 0, note: null }]
-    expect(rows(a, 'stock')).toEqual(want)
-    expect(rows(b, 'stock')).toEqual(want)
-    expect(rows(c, 'stock')).toEqual(want)
+    expectEverywhere([a, b, c], 'stock', want)
   })
 })
 
@@ -137,12 +128,7 @@ describe('text: blocks of another site than the cell stamp', () => {
   // carries A's stamp and B's block. R gets the merged cell from B and passes it on to S,
   // which has A's version only: R must know it holds a version of B's that S lacks.
   it('are passed on by a replica that relays the merged cell', () => {
-    const [b, a, r, s] = replicas([0, 1, 2, 3], NOTES, 'notes', { body: 'text' }) as [
-      Replica,
-      Replica,
-      Replica,
-      Replica,
-    ]
+    const [b, a, r, s] = replicas([0, 1, 2, 3], NOTES, 'notes', { body: 'text' })
     b.db.prepare("INSERT INTO notes (id, body) VALUES (1, 'one\ntwo')").run()
     for (const x of [a, r, s]) sync(b, x)
     b.db.prepare("UPDATE notes SET body = 'ONE\ntwo' WHERE id = 1").run()
