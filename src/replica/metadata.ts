@@ -10,7 +10,7 @@ import { counterCell, defaultCell, isAlive, textCell } from '../core/merge.js'
 import type { PositionLevel, TextBlock } from '../core/text.js'
 import type { SqliteDatabase, SqliteStatement } from '../driver/types.js'
 import { ByteReader, ByteWriter } from '../wire/bytes.js'
-import { readValue, writeValue } from '../wire/values.js'
+import { readValue, writeTextBlocks, writeValue } from '../wire/values.js'
 import { quoteId } from './sql.js'
 import { cached } from './statements.js'
 
@@ -339,23 +339,7 @@ export function encodeRow(state: RowState, sites: SiteTable): [number, number, n
         w.svarint(cell.hlc - clStamp.hlc)
         w.uvarint(sites.idx(cell.site))
       }
-      w.uvarint(cell.blocks.length)
-      for (const b of cell.blocks) {
-        w.uvarint(b.pos.length)
-        for (const [digit, site] of b.pos) {
-          w.uvarint(digit)
-          w.uvarint(site === '' ? 0 : sites.idx(site) + 1)
-        }
-        w.svarint(b.hlc - clStamp.hlc)
-        w.uvarint(sites.idx(b.site))
-        // Flags: 1 live (its text follows), 2 the foreign version it replaced follows.
-        w.byte((b.text === null ? 0 : 1) | (b.prev ? 2 : 0))
-        if (b.prev) {
-          w.svarint(b.prev.hlc - clStamp.hlc)
-          w.uvarint(sites.idx(b.prev.site))
-        }
-        if (b.text !== null) w.string(b.text)
-      }
+      writeTextBlocks(w, cell.blocks, clStamp.hlc, (site) => sites.idx(site))
       continue
     }
     if (cell.parts) {

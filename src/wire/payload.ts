@@ -25,7 +25,7 @@ import { normalizeBlocks, POSITION_BASE, type PositionLevel, type TextBlock, tex
 import type { SqlValue } from '../core/values.js'
 import type { VersionVector } from '../core/version-vector.js'
 import { ByteReader, ByteWriter, badPayload } from './bytes.js'
-import { readValue, writeValue } from './values.js'
+import { readValue, writeTextBlocks, writeValue } from './values.js'
 
 export const PAYLOAD_MAGIC = new Uint8Array([0x43, 0x56, 0x52, 0x47]) // "CVRG"
 export const PAYLOAD_FORMAT = 2
@@ -174,6 +174,9 @@ export class PayloadEncoder {
     this.#out.bytes(new Uint8Array(HEADER_RESERVE))
   }
 
+  /** {@link #site} as a function value. */
+  readonly #siteOf = (site: string): number => this.#site(site)
+
   #site(site: string): number {
     let i = this.#siteIndex.get(site)
     if (i === undefined) {
@@ -257,23 +260,7 @@ export class PayloadEncoder {
             w.svarint(s.hlc - row.clStamp.hlc)
             w.uvarint(this.#site(s.site))
           }
-          w.uvarint(s.blocks.length)
-          for (const b of s.blocks) {
-            w.uvarint(b.pos.length)
-            for (const [digit, site] of b.pos) {
-              w.uvarint(digit)
-              w.uvarint(site === '' ? 0 : this.#site(site) + 1)
-            }
-            w.svarint(b.hlc - row.clStamp.hlc)
-            w.uvarint(this.#site(b.site))
-            // Flags: 1 live (its text follows), 2 the foreign version it replaced follows.
-            w.byte((b.text === null ? 0 : 1) | (b.prev ? 2 : 0))
-            if (b.prev) {
-              w.svarint(b.prev.hlc - row.clStamp.hlc)
-              w.uvarint(this.#site(b.prev.site))
-            }
-            if (b.text !== null) w.string(b.text)
-          }
+          writeTextBlocks(w, s.blocks, row.clStamp.hlc, this.#siteOf)
           continue
         }
         if (s.parts) {

@@ -1,4 +1,5 @@
 /** Type-tagged encoding of SQLite values; equal values always give equal bytes. */
+import type { TextBlock } from '../core/text.js'
 import type { SqlValue } from '../core/values.js'
 import { type ByteReader, type ByteWriter, badPayload } from './bytes.js'
 
@@ -58,5 +59,35 @@ export function readValue(r: ByteReader): SqlValue {
       return r.bytes(r.count()).slice()
     default:
       throw badPayload(`unknown value tag ${tag}`)
+  }
+}
+
+/**
+ * Writes a text cell's blocks (payloads and stored metadata share the layout): count, then
+ * per block its position levels (digit, site index + 1, 0 for a filler level), HLC relative
+ * to `baseHlc`, site index, a flags byte (1 live: its text follows; 2 the version it
+ * replaced follows, as relative HLC and site index), then the text if live.
+ */
+export function writeTextBlocks(
+  w: ByteWriter,
+  blocks: readonly TextBlock[],
+  baseHlc: number,
+  siteIndex: (site: string) => number,
+): void {
+  w.uvarint(blocks.length)
+  for (const b of blocks) {
+    w.uvarint(b.pos.length)
+    for (const [digit, site] of b.pos) {
+      w.uvarint(digit)
+      w.uvarint(site === '' ? 0 : siteIndex(site) + 1)
+    }
+    w.svarint(b.hlc - baseHlc)
+    w.uvarint(siteIndex(b.site))
+    w.byte((b.text === null ? 0 : 1) | (b.prev ? 2 : 0))
+    if (b.prev) {
+      w.svarint(b.prev.hlc - baseHlc)
+      w.uvarint(siteIndex(b.prev.site))
+    }
+    if (b.text !== null) w.string(b.text)
   }
 }
