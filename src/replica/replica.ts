@@ -193,13 +193,31 @@ export interface PayloadSummary {
   readonly rows: Record<string, number>
 }
 
-function summarize(h: PayloadHeader): PayloadSummary {
+/** Rows per table name, for the tables with rows (`counts` parallel to `tables`). */
+function rowsByTable(tables: readonly { name: string }[], counts: readonly number[]): Record<string, number> {
   const rows: Record<string, number> = {}
-  h.tables.forEach((t, i) => {
-    const n = h.rowCounts[i] ?? 0
+  tables.forEach((t, i) => {
+    const n = counts[i] ?? 0
     if (n > 0) rows[t.name] = n
   })
-  return { sender: h.sender, vector: h.vector, rows }
+  return rows
+}
+
+/**
+ * Summaries of the payloads replicas of this process just exported or imported, so that a
+ * live session or the server's store need not decode them again.
+ */
+const summaries = new WeakMap<Uint8Array, PayloadSummary>()
+
+/** Sender, vector and rows per table of a payload: remembered if made or merged here, else decoded. */
+export function payloadSummary(payload: Uint8Array, codec: PayloadCodec): PayloadSummary {
+  const known = summaries.get(payload)
+  if (known) return known
+  return summarize(DecodedPayload.open(payload, Number.MAX_SAFE_INTEGER, codec).header)
+}
+
+function summarize(h: PayloadHeader): PayloadSummary {
+  return { sender: h.sender, vector: h.vector, rows: rowsByTable(h.tables, h.rowCounts) }
 }
 
 /** Opens a live session with a server (src/sync/ws-session.ts). */
@@ -276,11 +294,6 @@ export class Replica {
   #schemaVersion = -1
   /** Rows deleted (locally or by imports) since the last compaction, by this object. */
   #deletesSinceCompact = 0
-  /**
-   * Sender, vector and rows per table of the payloads this object just exported or
-   * imported, so that a live session need not decode them again (see LiveHost.payloadHeader).
-   */
-  readonly #headers = new WeakMap<Uint8Array, PayloadSummary>()
 
   constructor(db: SqliteDatabase, options: ReplicaOptions = {}) {
     if (options.siteId !== undefined && !SITE_RE.test(options.siteId)) {
@@ -435,11 +448,7 @@ export class Replica {
       encodeChanges(encoder, tables, this.#sites, from, scanFloor(held, from), onProgress, tombstones)
       const vector = announcedVector(this.db, this.siteId, this.#vector(), from, snapshot || complete)
       const payload = encoder.finish(vector, from, this.#clock, complete)
-      const rows: Record<string, number> = {}
-      encoder.tableRows.forEach((n, i) => {
-        if (n > 0) rows[tables[i]?.name as string] = n
-      })
-      this.#headers.set(payload, { sender: this.siteId, vector, rows })
+      summaries.set(payload, { sender: this.siteId, vector, rows: rowsByTable(tables, encoder.tableRows) })
       return { payload, rows: encoder.rows }
     })
   }
@@ -472,7 +481,7 @@ export class Replica {
     this.#open()
     const decoded = DecodedPayload.open(payload, this.#options.maxPayloadBytes, this.#options.codec)
     const { header } = decoded
-    this.#headers.set(payload, summarize(header))
+    summaries.set(payload, summarize(header))
     if (header.sender === this.siteId) return { applied: 0, conflicts: 0 }
     if (exceedsDrift(header.maxHlc, Date.now(), this.#options.maxClockDriftMs)) {
       const aheadMs = hlcToMillis(header.maxHlc) - Date.now()
@@ -610,9 +619,7 @@ export class Replica {
         },
         inTransaction: () => this.db.inTransaction,
         localWrites: () => this.#localWrites,
-        payloadHeader: (payload) =>
-          this.#headers.get(payload) ??
-          summarize(DecodedPayload.open(payload, Number.MAX_SAFE_INTEGER, this.#options.codec).header),
+        payloadHeader: (payload) => payloadSummary(payload, this.#options.codec),
       },
       url,
       options,

@@ -9,6 +9,7 @@ import { openReplica, type Replica } from '../index.js'
 import { nodeCodec } from '../platform/node-codec.js'
 import { schemaDifference } from '../replica/apply.js'
 import { PREFIX } from '../replica/metadata.js'
+import { payloadSummary } from '../replica/replica.js'
 import { affinityOf, type ColumnSpec, schemaHash, type TableOptions } from '../replica/schema.js'
 import { quoteId } from '../replica/sql.js'
 import { DecodedPayload, type WireTable } from '../wire/payload.js'
@@ -153,8 +154,8 @@ class SqliteDatabase implements StoreDatabase {
 
   async exportFor(since: VersionVector): Promise<ExportedPayload> {
     const payload = this.#replica.exportChanges(since)
-    const { header } = DecodedPayload.open(payload, Number.MAX_SAFE_INTEGER, nodeCodec)
-    return { payload, rows: header.rowCounts.reduce((a, b) => a + b, 0), vector: header.vector }
+    const { rows, vector } = payloadSummary(payload, nodeCodec)
+    return { payload, rows: Object.values(rows).reduce((a, b) => a + b, 0), vector }
   }
 
   async tables(): Promise<string[]> {
