@@ -101,8 +101,12 @@ export function withOwnPart(
   current: CounterValue,
 ): CounterPart[] {
   const others = parts.filter((p) => p.site !== site)
-  const out = [...others, { site, hlc, total: subtract(current, sumParts(others)) }]
-  return out.sort(bySite)
+  return withPart(others, { site, hlc, total: subtract(current, sumParts(others)) })
+}
+
+/** The parts with `part` in place of its site's (sorted by site). */
+export function withPart(parts: readonly CounterPart[], part: CounterPart): CounterPart[] {
+  return [...parts.filter((p) => p.site !== part.site), part].sort(bySite)
 }
 
 /** The newest part: a counter cell's stamp is its newest part's. */

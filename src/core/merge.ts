@@ -4,7 +4,7 @@
  * of a later life replaces an earlier one with all its cells; within a life each cell
  * takes the later write, ties broken by site id.
  */
-import { type CounterPart, joinParts, newestPart } from './algorithms.js'
+import { type CounterPart, joinParts, newestPart, withPart } from './algorithms.js'
 import { type BlockConflict, between, joinBlocks, type TextBlock } from './text.js'
 import { covers, type VersionVector } from './version-vector.js'
 
@@ -59,16 +59,8 @@ export function revivedCounterCell(
   parts: readonly CounterPart[],
   stamp: { hlc: number; site: string },
 ): CellStamp {
-  const own: CounterPart = {
-    site: stamp.site,
-    hlc: stamp.hlc,
-    total: parts.find((p) => p.site === stamp.site)?.total ?? 0n,
-  }
-  const out = [...parts.filter((p) => p.site !== stamp.site), own]
-  return counterCell(
-    cl,
-    out.sort((a, b) => (a.site < b.site ? -1 : a.site > b.site ? 1 : 0)),
-  )
+  const total = parts.find((p) => p.site === stamp.site)?.total ?? 0n
+  return counterCell(cl, withPart(parts, { site: stamp.site, hlc: stamp.hlc, total }))
 }
 
 /**

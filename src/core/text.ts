@@ -91,8 +91,8 @@ function positionKey(p: Position): string {
   return p.map(([d, s]) => `${d}.${s}`).join('/')
 }
 
-function newer(a: TextBlock, b: TextBlock): boolean {
-  return a.hlc > b.hlc || (a.hlc === b.hlc && a.site > b.site)
+function newer(a: BlockVersion, b: BlockVersion): boolean {
+  return compareVersions(a, b) > 0
 }
 
 /**

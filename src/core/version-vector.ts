@@ -20,9 +20,15 @@ export function dominates(a: VersionVector, b: VersionVector): boolean {
 /** Pointwise maximum of two vectors (a new object). */
 export function mergeVectors(a: VersionVector, b: VersionVector): VersionVector {
   const out: VersionVector = { ...a }
-  for (const [site, hlc] of Object.entries(b)) {
-    const seen = out[site]
-    if (seen === undefined || hlc > seen) out[site] = hlc
-  }
+  mergeInto(out, b)
   return out
+}
+
+/** Raises `into` to the pointwise maximum of both, in place. */
+export function mergeInto(into: VersionVector, other: VersionVector): void {
+  for (const site in other) {
+    const hlc = other[site] as number
+    const seen = into[site]
+    if (seen === undefined || hlc > seen) into[site] = hlc
+  }
 }

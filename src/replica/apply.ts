@@ -6,6 +6,7 @@
 
 import { sumParts } from '../core/algorithms.js'
 import { ConvergeError } from '../core/errors.js'
+import { getOrCreate } from '../core/maps.js'
 import {
   type CellStamp,
   cellCovered,
@@ -156,16 +157,6 @@ function remoteColumns(wt: WireTable): ColumnInfo[] {
   }))
 }
 
-/** The list `map` holds for `key`, created empty on first use. */
-function listFor<K, V>(map: Map<K, V[]>, key: K): V[] {
-  let list = map.get(key)
-  if (!list) {
-    list = []
-    map.set(key, list)
-  }
-  return list
-}
-
 /** A tombstone's per-column seen stamps, from payload columns to local ones (null: none). */
 function localSeen(seen: readonly (Stamp | null)[], mapping: readonly number[], n: number): (Stamp | null)[] {
   const out = new Array<Stamp | null>(n).fill(null)
@@ -213,9 +204,9 @@ export function applyPayload(
     const n = t.dataCount
     const shared = n - localOnly.length
     const existing = t.existingKeys(rows.map((r) => r.pk))
-    const revived = listFor(revivedByTable, t)
-    const bumped = listFor(bumpedByTable, t)
-    const killed = listFor(killedByTable, t)
+    const revived = getOrCreate(revivedByTable, t, () => [])
+    const bumped = getOrCreate(bumpedByTable, t, () => [])
+    const killed = getOrCreate(killedByTable, t, () => [])
     const queued = new Set<string>()
     // Same columns in the same order on both sides (the usual case).
     const identity = localOnly.length === 0 && mapping.every((c, j) => c === j)
@@ -227,22 +218,25 @@ export function applyPayload(
       const values = whole ? (row.values as SqlValue[]) : new Array<SqlValue>(n).fill(null)
       let fresh = newLife
       let present = 0
-      if (whole) for (const c of cells) if (c !== null) present++
-      for (let j = 0; j < row.stamps.length && !whole; j++) {
-        const stamp = row.stamps[j] as CellStamp | null
-        // Cells of a life not seen here all count: some may be versions carried over from
-        // an earlier life that the vector covers (see SyncedTable.carryOver).
-        if (stamp === null || (!newLife && cellCovered(known, stamp))) continue
-        const c = mapping[j] as number
-        if (c < 0) {
-          // A column this replica does not have (yet): not held, so not claimed as seen.
-          unknown++
-          continue
+      if (whole) {
+        for (const c of cells) if (c !== null) present++
+      } else {
+        for (let j = 0; j < row.stamps.length; j++) {
+          const stamp = row.stamps[j] as CellStamp | null
+          // Cells of a life not seen here all count: some may be versions carried over from
+          // an earlier life that the vector covers (see SyncedTable.carryOver).
+          if (stamp === null || (!newLife && cellCovered(known, stamp))) continue
+          const c = mapping[j] as number
+          if (c < 0) {
+            // A column this replica does not have (yet): not held, so not claimed as seen.
+            unknown++
+            continue
+          }
+          cells[c] = stamp
+          values[c] = row.values[j] as SqlValue
+          fresh = true
+          present++
         }
-        cells[c] = stamp
-        values[c] = row.values[j] as SqlValue
-        fresh = true
-        present++
       }
       if (!fresh) continue
       if (!isAlive(row.cl) && t.schema.rows === 'grow-only') {

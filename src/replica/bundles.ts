@@ -7,6 +7,7 @@
  */
 
 import { ConvergeError, isConvergeError } from '../core/errors.js'
+import { getOrCreate } from '../core/maps.js'
 import { sameBytes } from '../core/values.js'
 import { mergeVectors, type VersionVector } from '../core/version-vector.js'
 import type { SqliteDatabase } from '../driver/types.js'
@@ -302,12 +303,7 @@ export function recordPeer(db: SqliteDatabase, site: string, vector: VersionVect
   // Entries keep the order they came in; the text only has to parse back to the vector.
   const json = JSON.stringify(next)
   cached(db, `INSERT OR REPLACE INTO ${PREFIX}peers (site, vector, at) VALUES (?, ?, ?)`).run(site, json, Date.now())
-  let sites = recorded.get(db)
-  if (!sites) {
-    sites = new Map()
-    recorded.set(db, sites)
-  }
-  sites.set(site, { json, vector: next })
+  getOrCreate(recorded, db, () => new Map()).set(site, { json, vector: next })
 }
 
 /** Per connection and peer, the vector recordPeer last wrote and its text (saves parsing it again). */

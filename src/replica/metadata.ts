@@ -176,7 +176,7 @@ export function decodeRow(stored: StoredRow, dataCount: number, sites: SiteTable
     if (v === null) return { cl, clStamp, cells }
     const r = new ByteReader(v)
     if (v[0] !== 0) {
-      const one: Stamp = { cl: r.uvarint(), hlc: clh + r.svarint(), site: sites.hex(r.uvarint()) }
+      const one = readStamp(r, clh, sites)
       return { cl, clStamp, cells, seen: new Array<Stamp>(dataCount).fill(one) }
     }
     r.byte()
@@ -186,9 +186,7 @@ export function decodeRow(stored: StoredRow, dataCount: number, sites: SiteTable
     if (flags & T_SEEN) {
       seen = []
       for (let c = 0; c < dataCount; c++) {
-        seen.push(
-          r.remaining && r.byte() ? { cl: r.uvarint(), hlc: clh + r.svarint(), site: sites.hex(r.uvarint()) } : null,
-        )
+        seen.push(r.remaining && r.byte() ? readStamp(r, clh, sites) : null)
       }
     }
     return { cl, clStamp, cells, ...(seen && { seen }), ...(deletions && { deletions }) }
@@ -254,31 +252,35 @@ export function decodeRow(stored: StoredRow, dataCount: number, sites: SiteTable
     }
     let prev: Stamp | null = null
     if (flags & F_PREV) {
-      const pcl = r.uvarint()
-      const phlc = clh + r.svarint()
-      prev = { cl: pcl, hlc: phlc, site: sites.hex(r.uvarint()) }
+      prev = readStamp(r, clh, sites)
     }
     cells[c] = { cl, hlc, site, prev }
   }
   return deletions ? { cl, clStamp, cells, deletions } : { cl, clStamp, cells }
 }
 
+/** Reads a stamp: causal length, HLC relative to `clh`, site index. */
+function readStamp(r: ByteReader, clh: number, sites: SiteTable): Stamp {
+  return { cl: r.uvarint(), hlc: clh + r.svarint(), site: sites.hex(r.uvarint()) }
+}
+
+function writeStamp(w: ByteWriter, s: Stamp, clh: number, sites: SiteTable): void {
+  w.uvarint(s.cl)
+  w.svarint(s.hlc - clh)
+  w.uvarint(sites.idx(s.site))
+}
+
 /** Reads a stamp list (after a marker byte, skipped when `marked`). */
 function readStamps(r: ByteReader, clh: number, sites: SiteTable, marked: boolean): Stamp[] {
   if (marked) r.byte()
   const out: Stamp[] = []
-  for (let k = r.uvarint(); k > 0; k--)
-    out.push({ cl: r.uvarint(), hlc: clh + r.svarint(), site: sites.hex(r.uvarint()) })
+  for (let k = r.uvarint(); k > 0; k--) out.push(readStamp(r, clh, sites))
   return out
 }
 
 function writeStamps(w: ByteWriter, stamps: readonly Stamp[], clh: number, sites: SiteTable): void {
   w.uvarint(stamps.length)
-  for (const s of stamps) {
-    w.uvarint(s.cl)
-    w.svarint(s.hlc - clh)
-    w.uvarint(sites.idx(s.site))
-  }
+  for (const s of stamps) writeStamp(w, s, clh, sites)
 }
 
 /** Reused by {@link encodeRow}, which copies out what it wrote: one buffer, not one per row. */
@@ -313,9 +315,7 @@ export function encodeRow(state: RowState, sites: SiteTable): [number, number, n
           continue
         }
         scratch.byte(1)
-        scratch.uvarint(s.cl)
-        scratch.svarint(s.hlc - clStamp.hlc)
-        scratch.uvarint(sites.idx(s.site))
+        writeStamp(scratch, s, clStamp.hlc, sites)
       }
     }
     return [...head, scratch.finish().slice()]
@@ -358,11 +358,7 @@ export function encodeRow(state: RowState, sites: SiteTable): [number, number, n
       w.svarint(cell.hlc - clStamp.hlc)
       w.uvarint(sites.idx(cell.site))
     }
-    if (cell.prev) {
-      w.uvarint(cell.prev.cl)
-      w.svarint(cell.prev.hlc - clStamp.hlc)
-      w.uvarint(sites.idx(cell.prev.site))
-    }
+    if (cell.prev) writeStamp(w, cell.prev, clStamp.hlc, sites)
   }
   return [...head, w.finish().slice()]
 }

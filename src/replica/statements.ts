@@ -1,4 +1,5 @@
 /** A per-connection cache of prepared statements for the small queries every sync repeats. */
+import { getOrCreate } from '../core/maps.js'
 import type { SqliteDatabase, SqliteStatement } from '../driver/types.js'
 
 const caches = new WeakMap<SqliteDatabase, Map<string, SqliteStatement>>()
@@ -9,15 +10,6 @@ const caches = new WeakMap<SqliteDatabase, Map<string, SqliteStatement>>()
  * its SQL text.
  */
 export function cached(db: SqliteDatabase, sql: string): SqliteStatement {
-  let cache = caches.get(db)
-  if (!cache) {
-    cache = new Map()
-    caches.set(db, cache)
-  }
-  let stmt = cache.get(sql)
-  if (!stmt) {
-    stmt = db.prepare(sql)
-    cache.set(sql, stmt)
-  }
-  return stmt
+  const cache = getOrCreate(caches, db, () => new Map<string, SqliteStatement>())
+  return getOrCreate(cache, sql, () => db.prepare(sql))
 }

@@ -1,5 +1,6 @@
 /** A synced table: its schema, its metadata tables and the prepared statements that touch them. */
 import { HLC_TICKS_PER_MS } from '../core/hlc.js'
+import { getOrCreate } from '../core/maps.js'
 import { isAlive, type RowState, revivedCounterCell, revivedTextCell } from '../core/merge.js'
 import type { SqlValue } from '../core/values.js'
 import type { SqliteDatabase, SqliteStatement } from '../driver/types.js'
@@ -217,11 +218,7 @@ export class SyncedTable {
   /** Records the keys whose tombstones a compaction dropped, with the tombstones' causal lengths. */
   recordCompacted(dropped: readonly { pk: readonly SqlValue[]; cl: number }[]): void {
     const byCl = new Map<number, string[]>()
-    for (const { pk, cl } of dropped) {
-      const keys = byCl.get(cl) ?? []
-      keys.push(keyString(pk as SqlValue[]))
-      byCl.set(cl, keys)
-    }
+    for (const { pk, cl } of dropped) getOrCreate(byCl, cl, (): string[] => []).push(keyString(pk as SqlValue[]))
     for (const [cl, keys] of byCl) {
       const filter = KeyFilter.of(keys)
       cached(this.#db, `INSERT INTO ${PREFIX}compacted (tbl, cl, keys) VALUES (?, ?, ?)`).run(
@@ -410,10 +407,12 @@ export class SyncedTable {
 
   /** Runs one of the import's own writes to the user table. */
   #own(pk: readonly SqlValue[], write: () => void): void {
-    if (!this.#echoGuard) {
-      write()
-      return
-    }
+    if (this.#echoGuard) this.#withoutEcho(pk, write)
+    else write()
+  }
+
+  /** Runs a write to the user table and removes the log rows it produced for its key. */
+  #withoutEcho(pk: readonly SqlValue[], write: () => void): void {
     const before = (this.#logMax.get() as { m: number | null }).m ?? 0
     write()
     this.#logEcho.run(before, ...pk)
@@ -515,12 +514,11 @@ export class SyncedTable {
 
   /** Sets one data column of a row without the write being captured as a local change. */
   writeQuietly(pk: readonly SqlValue[], column: number, value: SqlValue): void {
-    const before = (this.#logMax.get() as { m: number | null }).m ?? 0
-    cached(
+    const stmt = cached(
       this.#db,
       `UPDATE ${quoteId(this.name)} SET ${quoteId(this.#dataName(column))} = ? WHERE ${this.#keyWhere}`,
-    ).run(value, ...pk)
-    this.#logEcho.run(before, ...pk)
+    )
+    this.#withoutEcho(pk, () => stmt.run(value, ...pk))
   }
 
   /** Sets the given data columns of a row back to their DEFAULT (NULL without one). */

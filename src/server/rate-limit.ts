@@ -1,4 +1,6 @@
 /** A sliding-window rate limiter: at most `limit` requests per key in any `windowMs`. */
+import { getOrCreate } from '../core/maps.js'
+
 export class RateLimiter {
   readonly #limit: number
   readonly #windowMs: number
@@ -14,11 +16,7 @@ export class RateLimiter {
   allow(key: string, now = Date.now()): boolean {
     if (++this.#checks % 1024 === 0) this.#sweep(now)
     const since = now - this.#windowMs
-    let hits = this.#hits.get(key)
-    if (!hits) {
-      hits = []
-      this.#hits.set(key, hits)
-    }
+    const hits = getOrCreate(this.#hits, key, (): number[] => [])
     let drop = 0
     while (drop < hits.length && (hits[drop] as number) <= since) drop++
     if (drop) hits.splice(0, drop)

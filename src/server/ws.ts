@@ -12,7 +12,7 @@ import type { Duplex } from 'node:stream'
 import type { Logger } from 'pino'
 import { type WebSocket, WebSocketServer } from 'ws'
 import { ConvergeError, isConvergeError } from '../core/errors.js'
-import { dominates, type VersionVector } from '../core/version-vector.js'
+import { dominates, mergeInto, type VersionVector } from '../core/version-vector.js'
 import type { Authenticator, Principal } from './auth.js'
 import type { Metrics } from './metrics.js'
 import type { RateLimiter } from './rate-limit.js'
@@ -412,15 +412,6 @@ export class LiveHub {
     this.#rooms.clear()
     await Promise.all(waits)
     await new Promise<void>((done) => this.#wss.close(() => done()))
-  }
-}
-
-/** Raises `into` to the pointwise maximum of both. */
-function mergeInto(into: VersionVector, other: VersionVector): void {
-  for (const site in other) {
-    const hlc = other[site] as number
-    const seen = into[site]
-    if (seen === undefined || hlc > seen) into[site] = hlc
   }
 }
 

@@ -6,7 +6,7 @@
  * (the `ws` package in Node, the global `WebSocket` elsewhere), so nothing here needs Node.
  */
 import { ConvergeError } from '../core/errors.js'
-import { dominates, type VersionVector } from '../core/version-vector.js'
+import { dominates, mergeInto, type VersionVector } from '../core/version-vector.js'
 import type {
   LiveChange,
   LiveEvents,
@@ -312,15 +312,6 @@ class WsSession implements LiveSession {
   #setStatus(status: LiveStatus): void {
     this.#status = status
     this.#events.emit('status', status)
-  }
-}
-
-/** Raises `into` to the pointwise maximum of both. */
-function mergeInto(into: VersionVector, other: VersionVector): void {
-  for (const site in other) {
-    const hlc = other[site] as number
-    const seen = into[site]
-    if (seen === undefined || hlc > seen) into[site] = hlc
   }
 }
 

@@ -187,6 +187,13 @@ export class PayloadEncoder {
     return i
   }
 
+  /** Writes a stamp: causal length, HLC relative to `baseHlc`, site index. */
+  #stamp(w: ByteWriter, s: Stamp, baseHlc: number): void {
+    w.uvarint(s.cl)
+    w.svarint(s.hlc - baseHlc)
+    w.uvarint(this.#site(s.site))
+  }
+
   /** Rows added so far per table, parallel to the tables the encoder was made with. */
   get tableRows(): readonly number[] {
     return this.#rowCounts
@@ -223,11 +230,7 @@ export class PayloadEncoder {
         rw.byte((seen ? 1 : 0) | (deletions?.length ? 2 : 0))
         if (deletions?.length) {
           rw.uvarint(deletions.length)
-          for (const d of deletions) {
-            rw.uvarint(d.cl)
-            rw.svarint(d.hlc - row.clStamp.hlc)
-            rw.uvarint(this.#site(d.site))
-          }
+          for (const d of deletions) this.#stamp(rw, d, row.clStamp.hlc)
         }
         if (seen) {
           for (const s of seen) {
@@ -236,9 +239,7 @@ export class PayloadEncoder {
               continue
             }
             rw.byte(1)
-            rw.uvarint(s.cl)
-            rw.svarint(s.hlc - row.clStamp.hlc)
-            rw.uvarint(this.#site(s.site))
+            this.#stamp(rw, s, row.clStamp.hlc)
           }
         }
       }
@@ -279,11 +280,7 @@ export class PayloadEncoder {
           w.svarint(s.hlc - row.clStamp.hlc)
           w.uvarint(this.#site(s.site))
         }
-        if (s.prev) {
-          w.uvarint(s.prev.cl)
-          w.svarint(s.prev.hlc - row.clStamp.hlc)
-          w.uvarint(this.#site(s.prev.site))
-        }
+        if (s.prev) this.#stamp(w, s.prev, row.clStamp.hlc)
         writeValue(w, row.values[c] as SqlValue)
       }
       sections.push(w.finish())
