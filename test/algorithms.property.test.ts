@@ -6,7 +6,7 @@
 // tests pin down what each row mode does with a deletion and a concurrent write; the last
 // block keeps the regressions of bugs these properties found.
 import fc from 'fast-check'
-import { openReplica, type Replica, type VersionVector } from 'sqlite-converge'
+import { openReplica, type Replica } from 'sqlite-converge'
 import { afterEach, describe, expect, it } from 'vitest'
 import {
   addValues,
@@ -27,7 +27,7 @@ import {
   type RowState,
   type Stamp,
 } from '../src/core/merge.js'
-import { SITE_POOL, sameVector, show } from './helpers/replicas.js'
+import { SITE_POOL, type Since, sameVector, show, TracedExchange, type TracedPayload } from './helpers/replicas.js'
 
 // ---------------------------------------------------------------------------------------
 // Pure: the counter join and mergeRow
@@ -435,7 +435,6 @@ const REPLICAS = 3
 const MAX_ROUNDS = 10
 
 type Note = string | null
-type Since = { kind: 'current' } | { kind: 'none' } | { kind: 'stale'; pick: number }
 type Step =
   | { k: 'insert'; r: number; id: number; qty: number; price: number; note: Note }
   | { k: 'replace'; r: number; id: number; qty: number; price: number; note: Note }
@@ -542,10 +541,7 @@ const lit = (v: Param): string =>
         ? JSON.stringify(v)
         : String(v)
 
-interface Payload {
-  payload: Uint8Array
-  name: string
-}
+type Payload = TracedPayload
 
 /** The replicas of one run, with a trace of everything done to them (a runnable reproduction). */
 class World {
@@ -554,8 +550,7 @@ class World {
   readonly queue: (Payload & { to: number })[] = []
   /** Payloads delivered to the replica they were exported for: re-importing them must change nothing. */
   readonly delivered: (Payload & { to: number })[] = []
-  readonly #history: VersionVector[][]
-  #payloads = 0
+  readonly #exchange: TracedExchange
   /** Counters: per key, the sum of every difference any replica made (only meaningful for keys never deleted). */
   readonly expected = new Map<number, { qty: bigint; price: number }>()
   /** Keys some replica deleted (or moved) at least once. */
@@ -574,7 +569,7 @@ class World {
       r.enableSync('stock', options as Parameters<Replica['enableSync']>[1])
       return r
     })
-    this.#history = sites.map(() => [])
+    this.#exchange = new TracedExchange(this.replicas, this.trace)
     this.trace.push(
       `const R = [${sites.map((s) => `'${s}'`).join(', ')}].map((siteId) => { const r = openReplica(':memory:', { siteId }); r.db.exec(${JSON.stringify(STOCK_DDL)}); r.enableSync('stock', ${JSON.stringify(options)}); return r })`,
       'const P = []',
@@ -606,26 +601,11 @@ class World {
   }
 
   export(from: number, to: number, since: Since): Payload {
-    const current = this.replicas[to]!.versionVector()
-    const hist = this.#history[to]!
-    let vec: VersionVector | undefined
-    let sinceJs = ''
-    if (since.kind === 'current') {
-      vec = current
-      sinceJs = `R[${to}].versionVector()`
-    } else if (since.kind === 'stale' && hist.length > 0) {
-      vec = hist[since.pick % hist.length]!
-      sinceJs = JSON.stringify(vec)
-    }
-    hist.push(current)
-    const name = `P[${this.#payloads++}]`
-    this.trace.push(`${name} = R[${from}].exportChanges(${sinceJs})`)
-    return { payload: this.replicas[from]!.exportChanges(vec), name }
+    return this.#exchange.export(from, to, since)
   }
 
   import(to: number, p: Payload, addressed = true): { applied: number; conflicts: number } {
-    this.trace.push(`R[${to}].importChanges(${p.name})`)
-    const res = this.replicas[to]!.importChanges(p.payload)
+    const res = this.#exchange.import(to, p)
     if (addressed) this.delivered.push({ to, ...p })
     return res
   }

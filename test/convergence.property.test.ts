@@ -2,9 +2,19 @@
 // writes and (duplicated, delayed, relayed, stale-vector) exchanges; after a final full
 // exchange they must hold identical rows and identical version vectors.
 import fc from 'fast-check'
-import type { Replica, VersionVector } from 'sqlite-converge'
+import type { Replica } from 'sqlite-converge'
 import { afterEach, describe, expect, it } from 'vitest'
-import { closeAll, openItemsReplicas, SITE_POOL, sameVector, show, snapshot } from './helpers/replicas.js'
+import {
+  closeAll,
+  openItemsReplicas,
+  SITE_POOL,
+  type Since,
+  sameVector,
+  show,
+  snapshot,
+  TracedExchange,
+  type TracedPayload,
+} from './helpers/replicas.js'
 
 type Val = null | bigint | number | string | Uint8Array
 type Col = 'name' | 'qty' | 'data' | 'note'
@@ -44,8 +54,6 @@ const valueArb: Record<Col, fc.Arbitrary<Val>> = {
   // NOT NULL: never null
   note: fc.constantFrom('', 'n1', 'n2', 'n3'),
 }
-
-type Since = { kind: 'current' } | { kind: 'none' } | { kind: 'stale'; pick: number }
 
 type Step =
   | { k: 'insert'; r: number; id: number; or: 'IGNORE' | 'REPLACE'; cols: [Col, Val][] }
@@ -153,17 +161,15 @@ function lit(v: Val): string {
 class World {
   readonly replicas: Replica[]
   readonly trace: string[] = []
-  /** Vectors each replica had at earlier exchanges: the stale `since` values. */
-  readonly history: VersionVector[][]
   /** Payloads exported but not yet delivered. */
   readonly queue: { to: number; payload: Uint8Array; name: string }[] = []
   /** Payloads already imported, with their target. */
   readonly delivered: { to: number; payload: Uint8Array; name: string }[] = []
-  #payloads = 0
+  readonly #exchange: TracedExchange
 
   constructor(sites: readonly string[]) {
     this.replicas = openItemsReplicas(sites)
-    this.history = sites.map(() => [])
+    this.#exchange = new TracedExchange(this.replicas, this.trace)
     this.trace.push(
       `const R = [${sites.map((s) => `'${s}'`).join(', ')}].map((siteId) => { const r = openReplica(':memory:', { siteId }); r.db.exec(ITEMS_DDL); r.enableSync('items'); return r })`,
       'const P = []',
@@ -175,32 +181,12 @@ class World {
     this.replicas[r]!.db.prepare(text).run(...params)
   }
 
-  export(from: number, to: number, since: Since): { payload: Uint8Array; name: string } {
-    const target = this.replicas[to]!
-    const current = target.versionVector()
-    const hist = this.history[to]!
-    let vec: VersionVector | undefined
-    let sinceJs: string
-    if (since.kind === 'current') {
-      vec = current
-      sinceJs = `R[${to}].versionVector()`
-    } else if (since.kind === 'stale' && hist.length > 0) {
-      vec = hist[since.pick % hist.length]!
-      sinceJs = JSON.stringify(vec)
-    } else {
-      vec = undefined
-      sinceJs = ''
-    }
-    hist.push(current)
-    const name = `P[${this.#payloads++}]`
-    this.trace.push(`${name} = R[${from}].exportChanges(${sinceJs})`)
-    const payload = this.replicas[from]!.exportChanges(vec)
-    return { payload, name }
+  export(from: number, to: number, since: Since): TracedPayload {
+    return this.#exchange.export(from, to, since)
   }
 
-  import(to: number, p: { payload: Uint8Array; name: string }): { applied: number; conflicts: number } {
-    this.trace.push(`R[${to}].importChanges(${p.name})`)
-    const res = this.replicas[to]!.importChanges(p.payload)
+  import(to: number, p: TracedPayload): { applied: number; conflicts: number } {
+    const res = this.#exchange.import(to, p)
     this.delivered.push({ to, ...p })
     return res
   }

@@ -12,9 +12,9 @@
 // cell must hold a value some replica wrote to that key and column, or the default.
 // On failure the error prints a replayable program (plain calls on R[0..2]).
 import fc from 'fast-check'
-import { type Conflict, openReplica, type Replica, type VersionVector } from 'sqlite-converge'
+import { type Conflict, openReplica, type Replica } from 'sqlite-converge'
 import { afterEach, describe, expect, it } from 'vitest'
-import { SITE_POOL, sameVector, show } from './helpers/replicas.js'
+import { SITE_POOL, type Since, sameVector, show, TracedExchange, type TracedPayload } from './helpers/replicas.js'
 
 const DDL = 'CREATE TABLE t (id INTEGER PRIMARY KEY, a TEXT, b INTEGER)'
 /** Columns every replica adds, in this order, each at its own moment. */
@@ -72,7 +72,6 @@ interface Row {
   withC: boolean
   withE: boolean
 }
-type Since = { kind: 'current' } | { kind: 'none' } | { kind: 'stale'; pick: number }
 type Step =
   | { k: 'insert'; r: number; id: number; row: Row }
   | { k: 'replace'; r: number; id: number; row: Row }
@@ -272,8 +271,7 @@ class World {
   readonly delivered: Delivery[] = []
   /** Per `${id}:${column}`, every value (with class) a replica held right after writing the row. */
   readonly written = new Map<string, Set<string>>()
-  readonly #history: VersionVector[][]
-  #payloads = 0
+  readonly #exchange: TracedExchange
   /** The replica currently away (exchanges with nobody), or -1. */
   away = -1
   /** See RESTRICT. */
@@ -293,7 +291,7 @@ class World {
       return r
     })
     this.cols = sites.map(() => 0)
-    this.#history = sites.map(() => [])
+    this.#exchange = new TracedExchange(this.replicas, this.trace)
     this.trace.push(
       `const auto = ${JSON.stringify(autoCompact)}`,
       `const R = [${sites.map((s) => `'${s}'`).join(', ')}].map((siteId, i) => { const r = openReplica(':memory:', { siteId, autoCompact: auto[i] }); r.db.exec(${JSON.stringify(DDL)}); r.enableSync('t'); return r })`,
@@ -338,27 +336,12 @@ class World {
     }
   }
 
-  export(from: number, to: number, since: Since): { payload: Uint8Array; name: string } {
-    const current = this.replicas[to]!.versionVector()
-    const hist = this.#history[to]!
-    let vec: VersionVector | undefined
-    let sinceJs = ''
-    if (since.kind === 'current') {
-      vec = current
-      sinceJs = `R[${to}].versionVector()`
-    } else if (since.kind === 'stale' && hist.length > 0) {
-      vec = hist[since.pick % hist.length]!
-      sinceJs = JSON.stringify(vec)
-    }
-    hist.push(current)
-    const name = `P[${this.#payloads++}]`
-    this.trace.push(`${name} = R[${from}].exportChanges(${sinceJs})`)
-    return { payload: this.replicas[from]!.exportChanges(vec), name }
+  export(from: number, to: number, since: Since): TracedPayload {
+    return this.#exchange.export(from, to, since)
   }
 
-  import(to: number, p: { payload: Uint8Array; name: string }): { applied: number; conflicts: number } {
-    this.trace.push(`R[${to}].importChanges(${p.name})`)
-    const res = this.replicas[to]!.importChanges(p.payload)
+  import(to: number, p: TracedPayload): { applied: number; conflicts: number } {
+    const res = this.#exchange.import(to, p)
     this.delivered.push({ to, ...p, cols: this.cols[to]! })
     return res
   }

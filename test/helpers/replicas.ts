@@ -104,3 +104,52 @@ export function prng(seed: number): () => number {
     return ((t ^ (t >>> 14)) >>> 0) / 4294967296
   }
 }
+
+/** Which vector an exchange answers: the receiver's current one, none (everything), or one it had earlier. */
+export type Since = { kind: 'current' } | { kind: 'none' } | { kind: 'stale'; pick: number }
+
+/** A payload with the name a trace gives it (`P[n]`). */
+export interface TracedPayload {
+  payload: Uint8Array
+  name: string
+}
+
+/**
+ * Exports and imports between property-test replicas, each recorded in `trace` as a line of
+ * JS that replays it with the public API. Keeps the vectors each receiver had at earlier
+ * exchanges, for stale `since` values.
+ */
+export class TracedExchange {
+  readonly #history: VersionVector[][]
+  #payloads = 0
+
+  constructor(
+    readonly replicas: readonly Replica[],
+    readonly trace: string[],
+  ) {
+    this.#history = replicas.map(() => [])
+  }
+
+  export(from: number, to: number, since: Since): TracedPayload {
+    const current = (this.replicas[to] as Replica).versionVector()
+    const hist = this.#history[to] as VersionVector[]
+    let vec: VersionVector | undefined
+    let sinceJs = ''
+    if (since.kind === 'current') {
+      vec = current
+      sinceJs = `R[${to}].versionVector()`
+    } else if (since.kind === 'stale' && hist.length > 0) {
+      vec = hist[since.pick % hist.length] as VersionVector
+      sinceJs = JSON.stringify(vec)
+    }
+    hist.push(current)
+    const name = `P[${this.#payloads++}]`
+    this.trace.push(`${name} = R[${from}].exportChanges(${sinceJs})`)
+    return { payload: (this.replicas[from] as Replica).exportChanges(vec), name }
+  }
+
+  import(to: number, p: TracedPayload): { applied: number; conflicts: number } {
+    this.trace.push(`R[${to}].importChanges(${p.name})`)
+    return (this.replicas[to] as Replica).importChanges(p.payload)
+  }
+}
