@@ -123,47 +123,52 @@ function write(r: Replica, value: string | null): void {
   r.db.prepare('UPDATE notes SET body = ? WHERE id = 1').run(value)
 }
 
+/**
+ * Two replicas that share note 1 holding `start`; then each edit, in order, is written on
+ * replica 0 (a) or 1 (b) without syncing, and finally they exchange until quiet.
+ */
+function editApart(start: string, edits: readonly (readonly [0 | 1, string])[]): [Replica, Replica] {
+  const ab: [Replica, Replica] = [note(0), note(1)]
+  ab[0].db.prepare('INSERT INTO notes VALUES (1, ?, ?)').run('t', start)
+  sync(ab[0], ab[1])
+  for (const [i, text] of edits) write(ab[i], text)
+  settle(ab, 4)
+  return ab
+}
+
 describe('text columns between replicas', () => {
   it('two people editing different lines of a note both keep their edits', () => {
-    const [a, b] = [note(0), note(1)]
-    a.db.prepare('INSERT INTO notes VALUES (1, ?, ?)').run('shopping', 'milk\neggs\nbread\ntea')
-    sync(a, b)
-    write(a, 'oat milk\neggs\nbread\ntea')
-    write(b, 'milk\neggs\nrye bread\ntea\ncoffee')
-    settle([a, b], 4)
+    const [a, b] = editApart('milk\neggs\nbread\ntea', [
+      [0, 'oat milk\neggs\nbread\ntea'],
+      [1, 'milk\neggs\nrye bread\ntea\ncoffee'],
+    ])
     expect(body(a)).toBe('oat milk\neggs\nrye bread\ntea\ncoffee')
     expect(body(b)).toBe(body(a))
   })
 
   it('lines inserted at the same place on both sides are all kept, each side together, in site order', () => {
-    const [a, b] = [note(0), note(1)]
-    a.db.prepare('INSERT INTO notes VALUES (1, ?, ?)').run('t', 'top\nbottom')
-    sync(a, b)
-    write(b, 'top\nB1\nB2\nB3\nbottom')
-    write(a, 'top\nA1\nA2\nbottom')
-    settle([a, b], 4)
+    const [a, b] = editApart('top\nbottom', [
+      [1, 'top\nB1\nB2\nB3\nbottom'],
+      [0, 'top\nA1\nA2\nbottom'],
+    ])
     expect(body(a)).toBe('top\nA1\nA2\nB1\nB2\nB3\nbottom')
     expect(body(b)).toBe(body(a))
   })
 
   it('a line deleted on one side and another edited on the other: both effects stay', () => {
-    const [a, b] = [note(0), note(1)]
-    a.db.prepare('INSERT INTO notes VALUES (1, ?, ?)').run('t', 'one\ntwo\nthree')
-    sync(a, b)
-    write(a, 'one\nthree')
-    write(b, 'one\ntwo\nTHREE')
-    settle([a, b], 4)
+    const [a, b] = editApart('one\ntwo\nthree', [
+      [0, 'one\nthree'],
+      [1, 'one\ntwo\nTHREE'],
+    ])
     expect(body(a)).toBe('one\nTHREE')
     expect(body(b)).toBe('one\nTHREE')
   })
 
   it('the same line edited on both sides: the later edit wins, the other goes to the conflict log and can be restored', () => {
-    const [a, b] = [note(0), note(1)]
-    a.db.prepare('INSERT INTO notes VALUES (1, ?, ?)').run('t', 'one\ntwo\nthree')
-    sync(a, b)
-    write(a, 'one\ntwo (a)\nthree')
-    write(b, 'ONE\ntwo (b)\nthree')
-    settle([a, b], 4)
+    const [a, b] = editApart('one\ntwo\nthree', [
+      [0, 'one\ntwo (a)\nthree'],
+      [1, 'ONE\ntwo (b)\nthree'],
+    ])
     expect(body(a)).toBe('ONE\ntwo (b)\nthree') // b's edit is later
     expect(body(b)).toBe(body(a))
     // Both replicas log the lost line, as the whole note with that line as it was written.
