@@ -395,6 +395,14 @@ describe('operations', () => {
     expect(typeof sync[0]?.ms).toBe('number')
   })
 
+  it('refuses a bad liveIntervalMs with BAD_ARGUMENT before listening', async () => {
+    for (const liveIntervalMs of [-1, Number.NaN, Number.POSITIVE_INFINITY]) {
+      await expect(
+        createServer({ port: 0, data: join(dir, 'data'), logger: silent, liveIntervalMs }),
+      ).rejects.toMatchObject({ code: 'BAD_ARGUMENT', details: { liveIntervalMs } })
+    }
+  })
+
   it('is secure by default', async () => {
     await expect(
       createServer({ host: '0.0.0.0', port: 0, data: join(dir, 'data'), logger: silent }),
