@@ -43,7 +43,13 @@ export {
   type SyncTransport,
 } from './replica/replica.js'
 export type { ColumnSpec, TableOptions } from './replica/schema.js'
-export { browserWebSocket, liveTransport, type WebSocketFactory, type WebSocketLike } from './sync/ws-session.js'
+export {
+  ACK_PROTOCOL,
+  browserWebSocket,
+  liveTransport,
+  type WebSocketFactory,
+  type WebSocketLike,
+} from './sync/ws-session.js'
 export type { ScryptParams } from './wire/bundle.js'
 export type { PayloadCodec } from './wire/payload.js'
 
@@ -63,9 +69,9 @@ export function openReplica(database: string | SqliteDatabase, options: ReplicaO
 
 /** Live sync in Node: the `ws` client, which can send the token as an `Authorization` header. */
 const nodeLive = liveTransport(
-  (url, token) =>
+  (url, token, protocols) =>
     // ws's handler types name its own event classes; the shapes the session reads match.
-    new WebSocket(url, {
+    new WebSocket(url, protocols ? [...protocols] : [], {
       headers: token === undefined ? {} : { authorization: `Bearer ${token}` },
       maxPayload: 1024 * 1024 * 1024,
     }) as unknown as WebSocketLike,

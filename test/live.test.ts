@@ -7,7 +7,7 @@ import { join } from 'node:path'
 import Database from 'better-sqlite3'
 import { SignJWT } from 'jose'
 import { pino } from 'pino'
-import { type LiveSession, type LiveStatus, openReplica, type Replica } from 'sqlite-converge'
+import { ACK_PROTOCOL, type LiveSession, type LiveStatus, openReplica, type Replica } from 'sqlite-converge'
 import { type ConvergeServer, createServer, type ServerOptions } from 'sqlite-converge/server'
 import { afterEach, beforeEach, describe, expect, it } from 'vitest'
 import { WebSocket } from 'ws'
@@ -225,6 +225,62 @@ describe('live sync', () => {
     await d.sync(`${s.url}/db/shop`)
     for (const r of [b, c, d]) expect(rows(r)).toEqual(rows(a))
     expect(serverRows()).toEqual(rows(a))
+  })
+
+  it('flow control: a client that acknowledges gets one payload at a time, the next holding all it missed', async () => {
+    const { logger, lines } = capture()
+    const s = await start({ logger, liveIntervalMs: 10 })
+    const url = `${s.url.replace('http:', 'ws:')}/db/shop`
+    const [a, b] = [replica('a'), replica('b')]
+    insert(a, 'seed', 'seed')
+    await a.sync(`${s.url}/db/shop`)
+    // b speaks the acknowledging subprotocol by hand, so the test decides when it acks.
+    const slow = await new Promise<WebSocket>((ok, fail) => {
+      const ws = new WebSocket(url, [ACK_PROTOCOL])
+      cleanups.push(() => ws.terminate())
+      ws.once('open', () => ok(ws))
+      ws.once('error', fail)
+    })
+    expect(slow.protocol).toBe(ACK_PROTOCOL)
+    const received: Uint8Array[] = []
+    slow.on('message', (data, isBinary) => {
+      if (isBinary) received.push(new Uint8Array(data as Buffer))
+    })
+    slow.send(new Uint8Array(b.exportChanges()))
+    await waitFor(() => received.length === 1, 'the answer to its first frame')
+    b.importChanges(received[0] as Uint8Array)
+    expect(rows(b)).toEqual(rows(a))
+    // Not acknowledged yet: a's writes, over many flushes, send it nothing more.
+    const live = connect(a, url).session
+    await waitFor(online(live), 'online')
+    for (let i = 0; i < 10; i++) {
+      insert(a, `a${i}`, 'while b is busy')
+      await new Promise((r) => setTimeout(r, 15))
+    }
+    await waitFor(() => serverRows().length === 11, "a's rows on the server")
+    await new Promise((r) => setTimeout(r, 100))
+    expect(received).toHaveLength(1)
+    // Its acknowledgement releases one payload with everything it lacks.
+    slow.send('ack')
+    await waitFor(() => received.length === 2, 'the next payload')
+    b.importChanges(received[1] as Uint8Array)
+    expect(rows(b)).toEqual(rows(a))
+    await new Promise((r) => setTimeout(r, 50))
+    expect(received).toHaveLength(2)
+    // A client without the subprotocol is not held back: it gets every flush unasked.
+    const eager = await rawSocket(url)
+    expect(eager.protocol).toBe('')
+    const eagerGot: Buffer[] = []
+    eager.on('message', (data, isBinary) => {
+      if (isBinary) eagerGot.push(data as Buffer)
+    })
+    eager.send(new Uint8Array(replica('c').exportChanges()))
+    await waitFor(() => eagerGot.length === 1, 'the answer to the eager client')
+    for (let i = 0; i < 3; i++) {
+      insert(a, `late${i}`, 'late')
+      await waitFor(() => eagerGot.length === 2 + i, `flush ${i} on the eager client`)
+    }
+    expect(lines.some((l) => l.msg === 'live flush')).toBe(true)
   })
 
   it('a local write folded by an incoming import before the poll saw it is still pushed', async () => {

@@ -286,17 +286,22 @@ export function importBundle(host: BundleHost, path: string, options: BundleImpo
 /**
  * Records that `site` sent a payload announcing `vector`; called inside the import's write
  * transaction. A payload that announces nothing new (one imported again, or an older one)
- * writes nothing, so importing a payload twice still leaves the database as once.
+ * writes nothing, so importing a payload twice still leaves the database as once. `trusted`:
+ * nothing wrote to the file since the caller's last commit, so the vector this connection
+ * last wrote for `site` is still the stored one and need not be read back.
  */
-export function recordPeer(db: SqliteDatabase, site: string, vector: VersionVector): void {
-  const old = cached(db, `SELECT vector FROM ${PREFIX}peers WHERE site = ?`).get(site) as { vector: string } | undefined
+export function recordPeer(db: SqliteDatabase, site: string, vector: VersionVector, trusted = false): void {
   const known = recorded.get(db)?.get(site)
-  // The vector as last written here, unless another connection wrote since (the texts differ).
-  const before = old
-    ? known?.json === old.vector
-      ? known.vector
-      : (JSON.parse(old.vector) as VersionVector)
-    : undefined
+  let before: VersionVector | undefined
+  if (trusted && known) {
+    before = known.vector
+  } else {
+    const old = cached(db, `SELECT vector FROM ${PREFIX}peers WHERE site = ?`).get(site) as
+      | { vector: string }
+      | undefined
+    // The vector as last written here, unless another connection wrote since (the texts differ).
+    before = old ? (known?.json === old.vector ? known.vector : (JSON.parse(old.vector) as VersionVector)) : undefined
+  }
   // Nothing new (a payload imported again, or an older one): no write.
   if (before && Object.entries(vector).every(([s, hlc]) => hlc <= (before[s] ?? 0))) return
   const next = before ? mergeVectors(before, vector) : { ...vector }
@@ -304,6 +309,17 @@ export function recordPeer(db: SqliteDatabase, site: string, vector: VersionVect
   const json = JSON.stringify(next)
   cached(db, `INSERT OR REPLACE INTO ${PREFIX}peers (site, vector, at) VALUES (?, ?, ?)`).run(site, json, Date.now())
   getOrCreate(recorded, db, () => new Map()).set(site, { json, vector: next })
+}
+
+/** Drops the vectors recordPeer remembers for `db` (after a rollback they may be gone). */
+export function forgetRecordedPeers(db: SqliteDatabase): void {
+  recorded.delete(db)
+}
+
+/** Deletes what is recorded of `site` (see Replica.forgetPeer); true if it was known. */
+export function deletePeer(db: SqliteDatabase, site: string): boolean {
+  recorded.get(db)?.delete(site)
+  return cached(db, `DELETE FROM ${PREFIX}peers WHERE site = ?`).run(site).changes > 0
 }
 
 /** Per connection and peer, the vector recordPeer last wrote and its text (saves parsing it again). */

@@ -24,7 +24,9 @@ import {
   type BundleHost,
   type BundleImportOptions,
   type BundleImportResult,
+  deletePeer,
   exportBundle,
+  forgetRecordedPeers,
   importBundle,
   type Peer,
   type ReplicaFiles,
@@ -294,6 +296,15 @@ export class Replica {
   #schemaVersion = -1
   /** Rows deleted (locally or by imports) since the last compaction, by this object. */
   #deletesSinceCompact = 0
+  /**
+   * `total_changes():data_version` right after this object's last commit of a transaction
+   * of its own. Equal at the start of the next one: nothing wrote to the file in between,
+   * not this connection (total_changes) nor another (data_version), so what this object
+   * holds in memory (clock, sites, vector) is still what the file says.
+   */
+  #signature: string | undefined
+  /** The version vector as of the last read or write of this object; never mutated in place. */
+  #vectorCache: Readonly<VersionVector> | undefined
 
   constructor(db: SqliteDatabase, options: ReplicaOptions = {}) {
     if (options.siteId !== undefined && !SITE_RE.test(options.siteId)) {
@@ -412,8 +423,10 @@ export class Replica {
   /** What this replica has seen: the highest HLC per origin site. */
   versionVector(): VersionVector {
     this.#open()
-    this.#write(() => this.#foldAll())
-    return this.#vector()
+    return this.#write(() => {
+      this.#foldAll()
+      return { ...this.#vector() }
+    })
   }
 
   /**
@@ -491,7 +504,7 @@ export class Replica {
         { site: header.sender, aheadMs, limitMs: this.#options.maxClockDriftMs },
       )
     }
-    return this.#write(() => {
+    return this.#write((trusted) => {
       const matched = matchTables(decoded, this.#tables)
       // Fresh keys start above every tombstone the sender (or its peers) compacted away.
       for (const wt of header.tables) if (wt.clFloor > 0) this.#tables.get(wt.name)?.raiseClFloor(wt.clFloor)
@@ -540,12 +553,16 @@ export class Replica {
       // then it holds everything we lacked of what the sender had seen.
       if (result.skipped === 0 && result.unknown === 0 && dominates(known, header.since)) {
         const seen = cached(this.db, `UPDATE ${PREFIX}sites SET seen = max(seen, ?) WHERE idx = ?`)
+        let moved: VersionVector | undefined
         for (const [site, hlc] of Object.entries(header.vector)) {
           // `known` was read in this transaction: only entries that move need a write.
-          if (site !== this.siteId && hlc > (known[site] ?? 0)) seen.run(hlc, this.#sites.idx(site))
+          if (site === this.siteId || hlc <= (known[site] ?? 0)) continue
+          seen.run(hlc, this.#sites.idx(site))
+          ;(moved ??= {})[site] = hlc
         }
+        if (moved && this.#vectorCache) this.#vectorCache = { ...this.#vectorCache, ...moved }
       }
-      recordPeer(this.db, header.sender, header.vector)
+      recordPeer(this.db, header.sender, header.vector, trusted)
       this.#setClock(Math.max(this.#clock, header.maxHlc))
       // The snapshot's sender may have compacted deletions this replica never saw: below
       // its vector, this replica too may now lack tombstones.
@@ -584,7 +601,7 @@ export class Replica {
    */
   forgetPeer(siteId: string): boolean {
     this.#open()
-    return this.#write(() => cached(this.db, `DELETE FROM ${PREFIX}peers WHERE site = ?`).run(siteId).changes > 0)
+    return this.#write(() => deletePeer(this.db, siteId))
   }
 
   /**
@@ -664,7 +681,15 @@ export class Replica {
       maxPayloadBytes: this.#options.maxPayloadBytes,
       exportPayload: (since, snapshot, onProgress) => this.#exportPayload(since, onProgress, snapshot),
       importChanges: (payload, onProgress) => this.importChanges(payload, onProgress),
-      write: (fn) => this.#write(fn),
+      // A bundle import may set vector entries back (finishSnapshot): read them again after.
+      write: (fn) =>
+        this.#write(() => {
+          try {
+            return fn()
+          } finally {
+            this.#vectorCache = undefined
+          }
+        }),
       versionVector: () => this.versionVector(),
       syncedTable: (name) => this.#tables.get(name),
     }
@@ -758,13 +783,16 @@ export class Replica {
     if (!this.db.open) throw new ConvergeError('CLOSED', 'the replica is closed')
   }
 
-  #vector(): VersionVector {
+  #vector(): Readonly<VersionVector> {
+    if (this.#vectorCache) return this.#vectorCache
     const out: VersionVector = {}
     const rows = cached(this.db, `SELECT site, seen FROM ${PREFIX}sites WHERE seen > 0`).raw().all() as [
       string,
       number,
     ][]
     for (const [site, seen] of rows) out[site] = seen
+    // Kept only inside a transaction: #refresh drops it when another writer may have moved it.
+    if (this.db.inTransaction) this.#vectorCache = out
     return out
   }
 
@@ -781,6 +809,7 @@ export class Replica {
     if (folded > 0) {
       this.#localWrites += folded
       cached(this.db, `UPDATE ${PREFIX}sites SET seen = ?, held = ? WHERE idx = 0`).run(clock, clock)
+      if (this.#vectorCache) this.#vectorCache = { ...this.#vectorCache, [this.siteId]: clock }
       this.#setClock(clock)
     }
   }
@@ -855,29 +884,58 @@ export class Replica {
    * the clock and site table re-read first, since another connection or Replica object on
    * the same file may have moved them. Any error rolls everything back.
    */
-  #write<T>(fn: () => T): T {
+  /**
+   * Runs `fn` in a write transaction of its own, or in a savepoint of the app's. `fn` is told
+   * whether nothing wrote to the file since this object's last commit (see #signature).
+   */
+  #write<T>(fn: (trusted: boolean) => T): T {
     const nested = this.db.inTransaction
     this.db.exec(nested ? 'SAVEPOINT converge_write' : 'BEGIN IMMEDIATE')
     try {
-      this.#refresh()
-      const out = fn()
+      const trusted = this.#refresh()
+      const out = fn(trusted)
       this.db.exec(nested ? 'RELEASE converge_write' : 'COMMIT')
+      // The app's transaction may still roll back what this savepoint wrote.
+      if (nested) this.#forget()
+      else this.#signature = this.#readSignature()
       return out
     } catch (err) {
       if (nested) this.db.exec('ROLLBACK TO converge_write; RELEASE converge_write')
       else if (this.db.inTransaction) this.db.exec('ROLLBACK')
       for (const t of this.#tables.values()) t.discardPending()
+      this.#forget()
       this.#sites.reload()
       this.#refresh()
       throw translateSqliteError(err)
     }
   }
 
-  #refresh(): void {
-    const row = cached(this.db, `SELECT value FROM ${PREFIX}state WHERE key = 'clock'`).get() as { value: number }
-    this.#clock = Number(row.value)
-    this.#sites.refresh()
+  /** Re-reads what other writers may have moved; true when nothing did (see #signature). */
+  #refresh(): boolean {
+    const trusted = this.#signature !== undefined && this.#signature === this.#readSignature()
+    if (!trusted) {
+      this.#forget()
+      const row = cached(this.db, `SELECT value FROM ${PREFIX}state WHERE key = 'clock'`).get() as { value: number }
+      this.#clock = Number(row.value)
+      this.#sites.refresh()
+    }
+    // DDL moves neither total_changes nor, on this connection, data_version.
     this.#syncTables()
+    return trusted
+  }
+
+  #readSignature(): string {
+    const [changes, version] = cached(this.db, 'SELECT total_changes(), (SELECT data_version FROM pragma_data_version)')
+      .raw()
+      .get() as [number, number]
+    return `${changes}:${version}`
+  }
+
+  /** Drops what this object holds in memory of the file's sync state. */
+  #forget(): void {
+    this.#signature = undefined
+    this.#vectorCache = undefined
+    forgetRecordedPeers(this.db)
   }
 
   /**

@@ -4,8 +4,10 @@
  * payload, imported like a POST body. Answers and forwards are coalesced per database: after
  * imports (over HTTP or WebSocket) a flush runs, at most once per `intervalMs`, and sends every
  * live client that lacks something, and every client with a frame to answer, one payload.
- * Clients that hold what the previous flush sent all get the same payload, exported once (the
- * changes since that flush); the others get an export of their own.
+ * Clients that hold what a recent flush sent share one payload per such flush, exported once
+ * (the changes since it); the others get an export of their own. A client that speaks the
+ * acknowledging subprotocol is sent one payload at a time (flow control): the next waits for
+ * its `ack`, so a slow client gets fewer, larger payloads rather than a growing queue.
  */
 import type { IncomingMessage } from 'node:http'
 import type { Duplex } from 'node:stream'
@@ -13,6 +15,7 @@ import type { Logger } from 'pino'
 import { type WebSocket, WebSocketServer } from 'ws'
 import { ConvergeError, isConvergeError } from '../core/errors.js'
 import { dominates, mergeInto, type VersionVector } from '../core/version-vector.js'
+import { ACK_FRAME, ACK_PROTOCOL } from '../sync/ws-session.js'
 import type { Authenticator, Principal } from './auth.js'
 import type { Metrics } from './metrics.js'
 import type { RateLimiter } from './rate-limit.js'
@@ -53,6 +56,12 @@ interface Client {
   /** Frames imported since the last flush: the next flush answers them. */
   readonly pending: Pending[]
   site: string | undefined
+  /** It acknowledges every payload it imported ({@link ACK_PROTOCOL}). */
+  readonly acks: boolean
+  /** A payload was sent and not acknowledged yet: it is sent nothing more until then. */
+  inFlight: boolean
+  /** The last flush that brought it up to that flush's base (see {@link Room.bases}), or -1. */
+  gen: number
 }
 
 /** The live clients of one database, and its flush state. */
@@ -62,10 +71,13 @@ interface Room {
   /** Everything clients announced (live or over HTTP): a client that holds it lacks nothing. */
   readonly known: VersionVector
   /**
-   * A vector every client that was sent something in the last flush holds (the pointwise
-   * minimum of what was sent): clients that hold it share one export of the changes since.
+   * Per recent flush (by number, oldest first), a vector every client it brought up to date
+   * holds: the pointwise minimum of what it sent them. Clients that hold one share one export
+   * of the changes since it.
    */
-  base: VersionVector | undefined
+  readonly bases: Map<number, VersionVector>
+  /** Number of the last flush. */
+  gen: number
   /** A flush is scheduled. */
   timer: { cancel(): void } | undefined
   /** The flush running, if any. */
@@ -89,6 +101,8 @@ const UPGRADE_STATUS: Record<string, string> = {
 const RECOVERABLE = new Set(['BAD_PAYLOAD', 'SCHEMA_MISMATCH', 'CLOCK_DRIFT', 'CONSTRAINT', 'PAYLOAD_TOO_LARGE'])
 
 const DEFAULT_INTERVAL_MS = 25
+/** Flush bases kept per database: a client more flushes behind gets an export of its own. */
+const KEPT_BASES = 16
 
 export class LiveHub {
   readonly #o: LiveHubOptions
@@ -100,7 +114,11 @@ export class LiveHub {
   constructor(options: LiveHubOptions) {
     this.#o = options
     this.#intervalMs = options.intervalMs ?? DEFAULT_INTERVAL_MS
-    this.#wss = new WebSocketServer({ noServer: true, maxPayload: options.maxPayloadBytes })
+    this.#wss = new WebSocketServer({
+      noServer: true,
+      maxPayload: options.maxPayloadBytes,
+      handleProtocols: (offered) => (offered.has(ACK_PROTOCOL) ? ACK_PROTOCOL : false),
+    })
   }
 
   /** Live clients of each database that has any. */
@@ -176,7 +194,8 @@ export class LiveHub {
         db,
         clients: new Set(),
         known: {},
-        base: undefined,
+        bases: new Map(),
+        gen: 0,
         timer: undefined,
         flushing: undefined,
         again: false,
@@ -194,11 +213,15 @@ export class LiveHub {
       queue: Promise.resolve(),
       pending: [],
       site: undefined,
+      acks: ws.protocol === ACK_PROTOCOL,
+      inFlight: false,
+      gen: -1,
     }
     room.clients.add(client)
     this.#o.metrics.request(db, 101)
     this.#o.log.info({ db, user: principal.user ?? undefined }, 'live client connected')
     ws.on('message', (data, isBinary) => {
+      if (!isBinary && client.acks && isAck(data)) return this.#acked(client)
       const bytes = isBinary ? toBytes(data) : undefined
       this.#enqueue(client, () => this.#frame(client, bytes))
     })
@@ -223,6 +246,14 @@ export class LiveHub {
       }
       this.#o.log.info({ db, client: client.site, code }, 'live client disconnected')
     })
+  }
+
+  /** The client imported the payload in flight: it may be sent the next one. */
+  #acked(client: Client): void {
+    if (!client.inFlight) return
+    client.inFlight = false
+    const room = client.room
+    if (client.pending.length > 0 || (client.ready && !dominates(client.vector, room.known))) this.#schedule(room)
   }
 
   #enqueue(client: Client, job: () => Promise<void>): void {
@@ -327,39 +358,36 @@ export class LiveHub {
     room.lastFlush = performance.now()
     const { store, metrics, log } = this.#o
     const db = await store.open(room.db)
-    const base = room.base
-    let shared: ExportedPayload | undefined
-    let sent: VersionVector | undefined
+    const gen = ++room.gen
+    /** Exports of the changes since a recent flush's base, by flush number. */
+    const shared = new Map<number, ExportedPayload>()
+    /** The pointwise minimum of what this flush brought clients up to: its base. */
+    let base: VersionVector | undefined
     /** Exports made and payloads sent by this flush. */
     let exports = 0
     let sends = 0
     for (const c of [...room.clients]) {
       if (this.#closed) return
-      if (c.ws.readyState !== c.ws.OPEN) continue
+      if (c.ws.readyState !== c.ws.OPEN || c.inFlight) continue
       const answering = c.pending.length > 0
       if (!answering && (!c.ready || dominates(c.vector, room.known))) continue
-      let out: ExportedPayload
-      if (base !== undefined && dominates(c.vector, base)) {
-        if (!shared) {
-          shared = await db.exportFor(base)
-          exports++
-        }
-        out = shared
-      } else {
-        out = await db.exportFor(c.vector)
+      const from = baseHeld(room, c)
+      let out: ExportedPayload | undefined = from === undefined ? undefined : shared.get(from)
+      if (!out) {
+        out = await db.exportFor(from === undefined ? c.vector : (room.bases.get(from) as VersionVector))
         exports++
+        if (from !== undefined) shared.set(from, out)
       }
       if (c.ws.readyState !== c.ws.OPEN) continue
-      if (!answering && out.rows === 0) {
-        // Nothing it lacks: it holds what the export announces, as if it had imported it.
-        mergeInto(c.vector, out.vector)
-        continue
-      }
+      mergeInto(c.vector, out.vector)
+      c.gen = gen
+      base = base === undefined ? { ...out.vector } : meetInto(base, out.vector)
+      // Nothing it lacks: it holds what the export announces, as if it had imported it.
+      if (!answering && out.rows === 0) continue
       const pending = c.pending.splice(0)
       c.ws.send(out.payload)
+      c.inFlight = c.acks
       sends++
-      mergeInto(c.vector, out.vector)
-      sent = sent === undefined ? { ...out.vector } : meetInto(sent, out.vector)
       metrics.changesSent += out.rows
       metrics.bytesSent += out.payload.length
       pending.forEach(({ applied, started }, i) => {
@@ -389,7 +417,13 @@ export class LiveHub {
         )
       })
     }
-    if (sent !== undefined) room.base = sent
+    if (base !== undefined) {
+      room.bases.set(gen, base)
+      for (const old of room.bases.keys()) {
+        if (room.bases.size <= KEPT_BASES) break
+        room.bases.delete(old)
+      }
+    }
     room.flushMs = performance.now() - room.lastFlush
     log.debug({ db: room.db, exports, sends, ms: Math.round(room.flushMs * 10) / 10 }, 'live flush')
   }
@@ -413,6 +447,23 @@ export class LiveHub {
     await Promise.all(waits)
     await new Promise<void>((done) => this.#wss.close(() => done()))
   }
+}
+
+/**
+ * The newest recent flush whose base `c` holds: the last flush that brought it up to date,
+ * or a later one whose base it holds anyway (it was up to date and skipped, or announced
+ * more). Undefined: none is kept, it needs an export of its own.
+ */
+function baseHeld(room: Room, c: Client): number | undefined {
+  let found: number | undefined
+  for (const [gen, base] of room.bases) {
+    if (gen === c.gen || (gen > c.gen && dominates(c.vector, base))) found = gen
+  }
+  return found
+}
+
+function isAck(data: Buffer | ArrayBuffer | Buffer[]): boolean {
+  return Buffer.isBuffer(data) && data.length === ACK_FRAME.length && data.toString('latin1') === ACK_FRAME
 }
 
 /** Lowers `into` to the pointwise minimum of both (a site missing from either is dropped). */

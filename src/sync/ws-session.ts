@@ -22,6 +22,8 @@ import { syncUrl } from './http-sync.js'
 export interface WebSocketLike {
   binaryType: string
   readonly readyState: number
+  /** The subprotocol the server chose ('' or undefined: none). */
+  readonly protocol?: string
   onopen: ((event: unknown) => void) | null
   onmessage: ((event: { data: unknown }) => void) | null
   onerror: ((event: { message?: unknown; error?: unknown }) => void) | null
@@ -30,8 +32,22 @@ export interface WebSocketLike {
   close(code?: number, reason?: string): void
 }
 
-/** Opens a WebSocket to `url` (`ws(s)://HOST:PORT/db/NAME`), presenting `token` when given. */
-export type WebSocketFactory = (url: string, token: string | undefined) => WebSocketLike
+/**
+ * Opens a WebSocket to `url` (`ws(s)://HOST:PORT/db/NAME`), presenting `token` when given
+ * and offering `protocols` as subprotocols. A factory that ignores `protocols` still works:
+ * the session then runs without flow control (see {@link ACK_PROTOCOL}).
+ */
+export type WebSocketFactory = (url: string, token: string | undefined, protocols?: readonly string[]) => WebSocketLike
+
+/**
+ * The WebSocket subprotocol of sessions that acknowledge every payload they imported (a
+ * text frame `ack`). A server that chooses it sends such a session one payload at a time:
+ * the next one waits for the acknowledgement, so a slow client gets fewer, larger payloads
+ * instead of a growing queue.
+ */
+export const ACK_PROTOCOL = 'converge.ack.v1'
+/** The acknowledgement frame. */
+export const ACK_FRAME = 'ack'
 
 const OPEN = 1
 const CLOSED = 3
@@ -51,12 +67,12 @@ const UPGRADE_CODES: Record<string, string> = {
  * A factory for environments with a global `WebSocket` (browsers): they cannot set
  * headers, so the token travels as the `token` query parameter, which the server accepts.
  */
-export const browserWebSocket: WebSocketFactory = (url, token) => {
-  const Ctor = (globalThis as { WebSocket?: new (url: string) => WebSocketLike }).WebSocket
+export const browserWebSocket: WebSocketFactory = (url, token, protocols) => {
+  const Ctor = (globalThis as { WebSocket?: new (url: string, protocols?: string[]) => WebSocketLike }).WebSocket
   if (!Ctor) throw new ConvergeError('BAD_ARGUMENT', 'no global WebSocket here; pass a WebSocketFactory')
   const u = new URL(url)
   if (token !== undefined) u.searchParams.set('token', token)
-  return new Ctor(u.href)
+  return new Ctor(u.href, protocols ? [...protocols] : undefined)
 }
 
 /** The `ReplicaOptions.live` transport over WebSockets made by `factory`. */
@@ -116,6 +132,8 @@ class WsSession implements LiveSession {
   /** What the server holds as far as this connection knows: its announced vectors and what we sent. */
   #serverHas: VersionVector = {}
   #dataVersion = -1
+  /** The server chose {@link ACK_PROTOCOL}: every imported payload is acknowledged. */
+  #acks = false
   /** The server's site id as remembered in the replica, read once per connection. */
   #serverSite: string | undefined
   #closing: Promise<void> | undefined
@@ -171,7 +189,7 @@ class WsSession implements LiveSession {
     this.#setStatus({ state: 'connecting' })
     let socket: WebSocketLike
     try {
-      socket = this.#factory(this.#wsUrl, this.#token)
+      socket = this.#factory(this.#wsUrl, this.#token, [ACK_PROTOCOL])
       socket.binaryType = 'arraybuffer'
     } catch (err) {
       this.#dropped(errorInfo(err, 'NETWORK'))
@@ -199,6 +217,7 @@ class WsSession implements LiveSession {
   }
 
   #opened(): void {
+    this.#acks = this.#socket?.protocol === ACK_PROTOCOL
     this.#setStatus({ state: 'online' })
     // Resume from the last position the server acknowledged: whatever it announced last.
     this.#serverSite = this.#host.recall(this.#serverKey)
@@ -251,32 +270,34 @@ class WsSession implements LiveSession {
           ? new Uint8Array(data.buffer, data.byteOffset, data.byteLength)
           : undefined
     if (!bytes) return
+    let change: LiveChange | undefined
     try {
-      const result = this.#host.importChanges(bytes)
-      const header = this.#host.payloadHeader(bytes)
-      if (this.#serverSite !== header.sender) {
-        this.#host.remember(this.#serverKey, header.sender)
-        this.#serverSite = header.sender
-      }
-      // Payloads arrive one after another: raise the vector in place instead of copying it.
-      mergeInto(this.#serverHas, header.vector)
-      // The import folded any local writes not pushed yet; the poll would no longer see them
-      // in the change log, so push them now.
-      if (this.#host.localWrites() !== this.#pushedWrites) this.#push(false)
-      // The server answered: this connection works, so the next failure starts a fresh backoff.
-      this.#attempt = 0
-      if (result.applied > 0 || result.conflicts > 0) {
-        const change: LiveChange = {
-          tables: Object.keys(header.rows),
-          rows: header.rows,
-          applied: result.applied,
-          conflicts: result.conflicts,
-        }
-        this.#events.emit('change', change)
-      }
+      change = this.#import(bytes)
     } catch (err) {
       this.#localError(err)
     }
+    // Imported or refused, the payload is done with: the server may send the next one.
+    if (this.#acks && this.#socket?.readyState === OPEN) this.#socket.send(ACK_FRAME)
+    if (change) this.#events.emit('change', change)
+  }
+
+  /** Imports a payload from the server; returns the change event it makes, if any. */
+  #import(bytes: Uint8Array): LiveChange | undefined {
+    const result = this.#host.importChanges(bytes)
+    const header = this.#host.payloadHeader(bytes)
+    if (this.#serverSite !== header.sender) {
+      this.#host.remember(this.#serverKey, header.sender)
+      this.#serverSite = header.sender
+    }
+    // Payloads arrive one after another: raise the vector in place instead of copying it.
+    mergeInto(this.#serverHas, header.vector)
+    // The import folded any local writes not pushed yet; the poll would no longer see them
+    // in the change log, so push them now.
+    if (this.#host.localWrites() !== this.#pushedWrites) this.#push(false)
+    // The server answered: this connection works, so the next failure starts a fresh backoff.
+    this.#attempt = 0
+    if (result.applied === 0 && result.conflicts === 0) return undefined
+    return { tables: Object.keys(header.rows), rows: header.rows, applied: result.applied, conflicts: result.conflicts }
   }
 
   #localError(err: unknown): void {
