@@ -24,11 +24,16 @@ export function mergeVectors(a: VersionVector, b: VersionVector): VersionVector 
   return out
 }
 
-/** Raises `into` to the pointwise maximum of both, in place. */
-export function mergeInto(into: VersionVector, other: VersionVector): void {
+/** Raises `into` to the pointwise maximum of both, in place; true if any entry rose. */
+export function mergeInto(into: VersionVector, other: VersionVector): boolean {
+  let raised = false
   for (const site in other) {
     const hlc = other[site] as number
     const seen = into[site]
-    if (seen === undefined || hlc > seen) into[site] = hlc
+    if (seen === undefined || hlc > seen) {
+      into[site] = hlc
+      raised = true
+    }
   }
+  return raised
 }

@@ -278,7 +278,32 @@ function randomSiteId(): string {
   return bytesToHex(crypto.getRandomValues(new Uint8Array(16)))
 }
 
+/**
+ * An export for a receiver known to hold `since` (the sync server's live fan-out): like
+ * `exportChanges(since)`, but the header announces only the vector entries above `since`
+ * (and answers `since` only for those sites). Such a receiver adopts exactly what it would
+ * from the whole vector: where the sender's entry is not above `since`, it holds as much
+ * already. What it records of the sender (peers()) then lags behind for the entries left
+ * out, which only makes it resend or keep more. Set in Replica's static block (it needs the
+ * private export).
+ */
+export let exportChangedOnly: (replica: Replica, since: VersionVector) => Uint8Array
+
+/** The entries of `vector` above `since`. */
+function above(vector: VersionVector, since: VersionVector): VersionVector {
+  const out: VersionVector = {}
+  for (const site in vector) {
+    const hlc = vector[site] as number
+    if (hlc > (since[site] ?? 0)) out[site] = hlc
+  }
+  return out
+}
+
 export class Replica {
+  static {
+    exportChangedOnly = (replica, since) => replica.#exportPayload(since, undefined, false, true).payload
+  }
+
   /** The database connection; the app runs plain SQL on it. */
   readonly db: SqliteDatabase
   /** This replica's site id: 32 lowercase hex chars, stable across reopen. */
@@ -305,6 +330,8 @@ export class Replica {
   #signature: string | undefined
   /** The version vector as of the last read or write of this object; never mutated in place. */
   #vectorCache: Readonly<VersionVector> | undefined
+  /** Per site, the highest HLC of any version held from it; kept like #vectorCache. */
+  #heldCache: Map<string, number> | undefined
 
   constructor(db: SqliteDatabase, options: ReplicaOptions = {}) {
     if (options.siteId !== undefined && !SITE_RE.test(options.siteId)) {
@@ -442,6 +469,7 @@ export class Replica {
     since: VersionVector,
     onProgress: ProgressCallback | undefined,
     snapshot: boolean,
+    changedOnly = false,
   ): { payload: Uint8Array; rows: number } {
     this.#open()
     checkVector(since)
@@ -449,9 +477,7 @@ export class Replica {
       const tables = childrenFirst([...this.#tables.values()])
       const encoder = new PayloadEncoder(this.siteId, tables.map(wireTable), this.#options.codec)
       this.#foldAll()
-      const held = new Map<string, number>()
-      const sites = cached(this.db, `SELECT site, held FROM ${PREFIX}sites`).raw().all() as [string, number][]
-      for (const [site, hlc] of sites) held.set(site, hlc)
+      const held = this.#held()
       // A receiver that has seen less than the compaction floor may hold rows whose
       // deletion is gone from here: it gets every row this replica holds, live or deleted,
       // marked complete, and deletes the rows of lives it has seen that the payload lacks.
@@ -459,8 +485,16 @@ export class Replica {
       const from = complete ? {} : since
       const tombstones = snapshot ? () => false : undefined
       encodeChanges(encoder, tables, this.#sites, from, scanFloor(held, from), onProgress, tombstones)
-      const vector = announcedVector(this.db, this.siteId, this.#vector(), from, snapshot || complete)
-      const payload = encoder.finish(vector, from, this.#clock, complete)
+      let vector = announcedVector(this.db, this.siteId, this.#vector(), from, snapshot || complete)
+      let answers = from
+      if (changedOnly && !complete) {
+        // For a receiver known to hold `since`: what it does not hold is what moved above it
+        // (see exportChangedOnly).
+        vector = above(vector, from)
+        answers = {}
+        for (const site in vector) if (from[site] !== undefined) answers[site] = from[site]
+      }
+      const payload = encoder.finish(vector, answers, this.#clock, complete)
       summaries.set(payload, { sender: this.siteId, vector, rows: rowsByTable(tables, encoder.tableRows) })
       return { payload, rows: encoder.rows }
     })
@@ -548,7 +582,10 @@ export class Replica {
       for (const [t, rows] of result.bumped) for (const { pk, was } of rows) t.carryOver(pk, was)
       this.#recordConflicts(result.conflicts)
       const held = cached(this.db, `UPDATE ${PREFIX}sites SET held = max(held, ?) WHERE idx = ?`)
-      for (const [site, hlc] of result.held) held.run(hlc, this.#sites.idx(site))
+      for (const [site, hlc] of result.held) {
+        held.run(hlc, this.#sites.idx(site))
+        if (this.#heldCache && hlc > (this.#heldCache.get(site) ?? 0)) this.#heldCache.set(site, hlc)
+      }
       // Adopt the sender's knowledge only if the payload answered a vector we had reached:
       // then it holds everything we lacked of what the sender had seen.
       if (result.skipped === 0 && result.unknown === 0 && dominates(known, header.since)) {
@@ -783,6 +820,16 @@ export class Replica {
     if (!this.db.open) throw new ConvergeError('CLOSED', 'the replica is closed')
   }
 
+  /** Per site, the highest HLC of a version held from it (see _converge_sites.held). */
+  #held(): ReadonlyMap<string, number> {
+    if (this.#heldCache) return this.#heldCache
+    const held = new Map<string, number>()
+    const sites = cached(this.db, `SELECT site, held FROM ${PREFIX}sites`).raw().all() as [string, number][]
+    for (const [site, hlc] of sites) held.set(site, hlc)
+    if (this.db.inTransaction) this.#heldCache = held
+    return held
+  }
+
   #vector(): Readonly<VersionVector> {
     if (this.#vectorCache) return this.#vectorCache
     const out: VersionVector = {}
@@ -810,6 +857,7 @@ export class Replica {
       this.#localWrites += folded
       cached(this.db, `UPDATE ${PREFIX}sites SET seen = ?, held = ? WHERE idx = 0`).run(clock, clock)
       if (this.#vectorCache) this.#vectorCache = { ...this.#vectorCache, [this.siteId]: clock }
+      this.#heldCache?.set(this.siteId, clock)
       this.#setClock(clock)
     }
   }
@@ -935,6 +983,7 @@ export class Replica {
   #forget(): void {
     this.#signature = undefined
     this.#vectorCache = undefined
+    this.#heldCache = undefined
     forgetRecordedPeers(this.db)
   }
 

@@ -9,7 +9,7 @@ import { openReplica, type Replica } from '../index.js'
 import { nodeCodec } from '../platform/node-codec.js'
 import { schemaDifference } from '../replica/apply.js'
 import { PREFIX } from '../replica/metadata.js'
-import { payloadSummary } from '../replica/replica.js'
+import { exportChangedOnly, payloadSummary } from '../replica/replica.js'
 import { affinityOf, type ColumnSpec, schemaHash, type TableOptions } from '../replica/schema.js'
 import { quoteId } from '../replica/sql.js'
 import { DecodedPayload, type WireTable } from '../wire/payload.js'
@@ -152,8 +152,8 @@ class SqliteDatabase implements StoreDatabase {
     }
   }
 
-  async exportFor(since: VersionVector): Promise<ExportedPayload> {
-    const payload = this.#replica.exportChanges(since)
+  async exportFor(since: VersionVector, options: { changedOnly?: boolean } = {}): Promise<ExportedPayload> {
+    const payload = options.changedOnly ? exportChangedOnly(this.#replica, since) : this.#replica.exportChanges(since)
     const { rows, vector } = payloadSummary(payload, nodeCodec)
     return { payload, rows: Object.values(rows).reduce((a, b) => a + b, 0), vector }
   }

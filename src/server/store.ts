@@ -19,7 +19,10 @@ export interface AppliedPayload {
 export interface ExportedPayload {
   readonly payload: Uint8Array
   readonly rows: number
-  /** The vector the payload announces: a receiver that held `since` holds this after importing it. */
+  /**
+   * The vector the payload announces (with `changedOnly`, only the entries above `since`): a
+   * receiver that held `since` holds both after importing it.
+   */
   readonly vector: VersionVector
 }
 
@@ -34,8 +37,12 @@ export interface StoreDatabase {
    * leaves the database exactly as it was.
    */
   apply(payload: Uint8Array): Promise<AppliedPayload>
-  /** Every change not covered by `since`. */
-  exportFor(since: VersionVector): Promise<ExportedPayload>
+  /**
+   * Every change not covered by `since`. `changedOnly`: the receiver is known to hold
+   * `since`, and the payload announces only the vector entries above it (smaller and
+   * cheaper to import with many sites; see docs/design.md, live sync).
+   */
+  exportFor(since: VersionVector, options?: { changedOnly?: boolean }): Promise<ExportedPayload>
   /** Names of the synced tables. */
   tables(): Promise<string[]>
   /** The newest HLC the database holds (0 when empty). */
