@@ -185,6 +185,8 @@ export interface LiveHost extends SyncHost {
   localWrites(): number
   /** Sender, vector and rows per table of a payload, read with the replica's (fast) codec. */
   payloadHeader(payload: Uint8Array): PayloadSummary
+  /** `exportChanges(since)` announcing only the vector entries above `since`, for a receiver that holds it. */
+  exportChangedOnly(since: VersionVector): Uint8Array
 }
 
 /** What a live session needs of a payload's header. */
@@ -674,6 +676,7 @@ export class Replica {
         inTransaction: () => this.db.inTransaction,
         localWrites: () => this.#localWrites,
         payloadHeader: (payload) => payloadSummary(payload, this.#options.codec),
+        exportChangedOnly: (since) => exportChangedOnly(this, since),
       },
       url,
       options,

@@ -50,6 +50,8 @@ export const ACK_PROTOCOL = 'converge.ack.v1'
 export const ACK_FRAME = 'ack'
 
 const OPEN = 1
+/** Every this many frames a session announces its whole vector (the others: what moved). */
+const FULL_VECTOR_EVERY = 64
 const CLOSED = 3
 /** Close codes the server uses: credentials refused, frame over the size limit. */
 const CLOSE_POLICY = 1008
@@ -129,6 +131,8 @@ class WsSession implements LiveSession {
   #poll: ReturnType<typeof setInterval> | undefined
   /** The host's local write count at the last push. */
   #pushedWrites = -1
+  /** Frames pushed on this connection (see FULL_VECTOR_EVERY). */
+  #pushes = 0
   /** What the server holds as far as this connection knows: its announced vectors and what we sent. */
   #serverHas: VersionVector = {}
   #dataVersion = -1
@@ -223,6 +227,7 @@ class WsSession implements LiveSession {
     this.#serverSite = this.#host.recall(this.#serverKey)
     this.#serverHas = this.#serverVector()
     this.#dataVersion = -1
+    this.#pushes = 0
     try {
       this.#push(true)
     } catch (err) {
@@ -249,7 +254,13 @@ class WsSession implements LiveSession {
     const socket = this.#socket
     if (!socket || socket.readyState !== OPEN) return
     if (!always && dominates(this.#serverHas, this.#host.versionVector())) return
-    const exported = this.#host.exportChanges(this.#serverHas)
+    // The server holds #serverHas: past the first frame, announcing what moved above it is
+    // enough, and every FULL_VECTOR_EVERY frames the whole vector keeps what the server
+    // records of this replica (its compaction floor) up to date.
+    const whole = this.#pushes++ % FULL_VECTOR_EVERY === 0
+    const exported = whole
+      ? this.#host.exportChanges(this.#serverHas)
+      : this.#host.exportChangedOnly(this.#serverHas)
     const header = this.#host.payloadHeader(exported)
     // A plain copy: exports live in a resizable ArrayBuffer, which some sockets refuse.
     const payload = new Uint8Array(exported)
