@@ -105,6 +105,57 @@ describe('state a replica keeps in memory', () => {
     expect(a.peers().map((p) => p.siteId)).toEqual([site])
   })
 
+  it('a peer vector that moves again within a second waits in memory: peers() shows it, other connections after close()', () => {
+    const file = join(dir, 'peer-lag.db')
+    const a = replica('peer-lag.db')
+    const w = replica('writer.db')
+    const stored = () => {
+      const db = new Database(file, { readonly: true })
+      try {
+        const row = db.prepare('SELECT vector FROM _converge_peers WHERE site = ?').get(w.siteId) as { vector: string }
+        return JSON.parse(row.vector) as Record<string, number>
+      } finally {
+        db.close()
+      }
+    }
+    w.db.prepare('INSERT INTO todos VALUES (?, ?)').run('1', 'one')
+    a.importChanges(w.exportChanges(a.versionVector()))
+    const first = w.versionVector()[w.siteId] as number
+    expect(stored()[w.siteId]).toBe(first)
+    w.db.prepare('INSERT INTO todos VALUES (?, ?)').run('2', 'two')
+    a.importChanges(w.exportChanges(a.versionVector()))
+    const second = w.versionVector()[w.siteId] as number
+    expect(second).toBeGreaterThan(first)
+    // This object knows; the file still says the first vector.
+    expect(a.peers().find((p) => p.siteId === w.siteId)?.vector[w.siteId]).toBe(second)
+    expect(stored()[w.siteId]).toBe(first)
+    // compact() reads the peer through the same merge.
+    a.compact()
+    a.close()
+    open = open.filter((r) => r !== a)
+    expect(stored()[w.siteId]).toBe(second)
+  })
+
+  it('a peer vector waiting in memory is written by the next transaction after another writer', () => {
+    const file = join(dir, 'peer-flush.db')
+    const a = replica('peer-flush.db')
+    const w = replica('writer.db')
+    for (const id of ['1', '2']) {
+      w.db.prepare('INSERT INTO todos VALUES (?, ?)').run(id, id)
+      a.importChanges(w.exportChanges(a.versionVector()))
+    }
+    const latest = w.versionVector()[w.siteId] as number
+    // Another connection writes: a's next transaction is not trusted and writes what waits.
+    const other = new Database(file)
+    other.prepare('INSERT INTO todos VALUES (?, ?)').run('3', 'other')
+    other.close()
+    a.versionVector()
+    const raw = new Database(file, { readonly: true })
+    const row = raw.prepare('SELECT vector FROM _converge_peers WHERE site = ?').get(w.siteId) as { vector: string }
+    raw.close()
+    expect(JSON.parse(row.vector)[w.siteId]).toBe(latest)
+  })
+
   it('versionVector() hands out a copy', () => {
     const a = replica('copy.db')
     a.db.prepare('INSERT INTO todos VALUES (?, ?)').run('1', 'x')

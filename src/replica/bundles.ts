@@ -286,11 +286,18 @@ export function importBundle(host: BundleHost, path: string, options: BundleImpo
 /**
  * Records that `site` sent a payload announcing `vector`; called inside the import's write
  * transaction. A payload that announces nothing new (one imported again, or an older one)
- * writes nothing, so importing a payload twice still leaves the database as once. `trusted`:
- * nothing wrote to the file since the caller's last commit, so the vector this connection
- * last wrote for `site` is still the stored one and need not be read back.
+ * writes nothing, so importing a payload twice still leaves the database as once.
+ *
+ * `trusted`: nothing wrote to the file since the caller's last commit, so the vector this
+ * connection last wrote for `site` is still the stored one. Then a vector that moved within
+ * {@link PEER_WRITE_MS} of the last write is only kept in memory (a live session imports
+ * many payloads a second from its server, and among 500 sites each write is a 25 kB JSON
+ * text): {@link readPeers} on this connection merges it in, {@link flushRecordedPeers}
+ * writes it, and until then other connections read an older vector, which can only make
+ * them resend or keep more. A crash or a rollback loses it the same way.
  */
 export function recordPeer(db: SqliteDatabase, site: string, vector: VersionVector, trusted = false): void {
+  const now = Date.now()
   const known = recorded.get(db)?.get(site)
   let before: VersionVector | undefined
   if (trusted && known) {
@@ -305,11 +312,48 @@ export function recordPeer(db: SqliteDatabase, site: string, vector: VersionVect
   // Nothing new (a payload imported again, or an older one): no write.
   if (before && Object.entries(vector).every(([s, hlc]) => hlc <= (before[s] ?? 0))) return
   const next = before ? mergeVectors(before, vector) : { ...vector }
-  // Entries keep the order they came in; the text only has to parse back to the vector.
-  const json = JSON.stringify(next)
-  cached(db, `INSERT OR REPLACE INTO ${PREFIX}peers (site, vector, at) VALUES (?, ?, ?)`).run(site, json, Date.now())
-  getOrCreate(recorded, db, () => new Map()).set(site, { json, vector: next })
+  if (trusted && known && now - known.at < PEER_WRITE_MS) {
+    known.vector = next
+    known.dirty = true
+    known.seen = now
+    return
+  }
+  writePeer(db, site, next, now)
 }
+
+function writePeer(db: SqliteDatabase, site: string, vector: VersionVector, at: number): void {
+  // Entries keep the order they came in; the text only has to parse back to the vector.
+  const json = JSON.stringify(vector)
+  cached(db, `INSERT OR REPLACE INTO ${PREFIX}peers (site, vector, at) VALUES (?, ?, ?)`).run(site, json, at)
+  getOrCreate(recorded, db, () => new Map()).set(site, { json, vector, at, dirty: false, seen: at })
+}
+
+/**
+ * Writes the peer vectors {@link recordPeer} kept in memory, merged with what is stored
+ * (another connection may have written since); inside a write transaction.
+ */
+export function flushRecordedPeers(db: SqliteDatabase): void {
+  for (const [site, r] of recorded.get(db) ?? []) {
+    if (!r.dirty) continue
+    const old = cached(db, `SELECT vector, at FROM ${PREFIX}peers WHERE site = ?`).get(site) as
+      | { vector: string; at: number }
+      | undefined
+    const stored = old && old.vector !== r.json ? (JSON.parse(old.vector) as VersionVector) : undefined
+    writePeer(db, site, stored ? mergeVectors(stored, r.vector) : r.vector, Math.max(r.seen, Number(old?.at ?? 0)))
+  }
+}
+
+/** Shortest time between two writes of one peer's vector by one connection (see recordPeer). */
+const PEER_WRITE_MS = 1000
+
+/**
+ * Per connection and peer: the vector recordPeer last wrote, its text and when; `dirty`: a
+ * newer vector (imported at `seen`) waits in memory.
+ */
+const recorded = new WeakMap<
+  SqliteDatabase,
+  Map<string, { json: string; vector: VersionVector; at: number; dirty: boolean; seen: number }>
+>()
 
 /** Drops the vectors recordPeer remembers for `db` (after a rollback they may be gone). */
 export function forgetRecordedPeers(db: SqliteDatabase): void {
@@ -322,9 +366,6 @@ export function deletePeer(db: SqliteDatabase, site: string): boolean {
   return cached(db, `DELETE FROM ${PREFIX}peers WHERE site = ?`).run(site).changes > 0
 }
 
-/** Per connection and peer, the vector recordPeer last wrote and its text (saves parsing it again). */
-const recorded = new WeakMap<SqliteDatabase, Map<string, { json: string; vector: VersionVector }>>()
-
 /** Every peer heard from, by site id. */
 export function readPeers(db: SqliteDatabase): Peer[] {
   const rows = db.prepare(`SELECT site, vector, at FROM ${PREFIX}peers ORDER BY site`).all() as {
@@ -332,7 +373,18 @@ export function readPeers(db: SqliteDatabase): Peer[] {
     vector: string
     at: number
   }[]
-  return rows.map((r) => ({ siteId: r.site, vector: JSON.parse(r.vector) as VersionVector, lastSeen: Number(r.at) }))
+  const mine = recorded.get(db)
+  return rows.map((r) => {
+    const stored = JSON.parse(r.vector) as VersionVector
+    // A vector recordPeer kept in memory is newer than what this connection wrote.
+    const waiting = mine?.get(r.site)
+    if (!waiting?.dirty) return { siteId: r.site, vector: stored, lastSeen: Number(r.at) }
+    return {
+      siteId: r.site,
+      vector: mergeVectors(stored, waiting.vector),
+      lastSeen: Math.max(Number(r.at), waiting.seen),
+    }
+  })
 }
 
 function vectorJson(v: VersionVector): string {

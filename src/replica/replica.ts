@@ -26,6 +26,7 @@ import {
   type BundleImportResult,
   deletePeer,
   exportBundle,
+  flushRecordedPeers,
   forgetRecordedPeers,
   importBundle,
   type Peer,
@@ -802,7 +803,10 @@ export class Replica {
   close(): void {
     if (!this.db.open) return
     try {
-      this.#write(() => this.#foldAll())
+      this.#write(() => {
+        this.#foldAll()
+        flushRecordedPeers(this.db)
+      })
     } finally {
       // Writes a failed fold left in the change log are folded by the next open.
       this.db.close()
@@ -965,6 +969,9 @@ export class Replica {
   #refresh(): boolean {
     const trusted = this.#signature !== undefined && this.#signature === this.#readSignature()
     if (!trusted) {
+      // Peer vectors kept in memory were recorded by transactions that committed (a
+      // rollback drops them): merge them into what another writer may have stored.
+      if (this.db.inTransaction) flushRecordedPeers(this.db)
       this.#forget()
       const row = cached(this.db, `SELECT value FROM ${PREFIX}state WHERE key = 'clock'`).get() as { value: number }
       this.#clock = Number(row.value)
