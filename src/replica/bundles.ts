@@ -9,7 +9,7 @@
 import { ConvergeError, isConvergeError } from '../core/errors.js'
 import { getOrCreate } from '../core/maps.js'
 import { sameBytes } from '../core/values.js'
-import { mergeVectors, type VersionVector } from '../core/version-vector.js'
+import { mergeInto, mergeVectors, type VersionVector } from '../core/version-vector.js'
 import type { SqliteDatabase } from '../driver/types.js'
 import {
   type BundleCipher,
@@ -311,14 +311,14 @@ export function recordPeer(db: SqliteDatabase, site: string, vector: VersionVect
   }
   // Nothing new (a payload imported again, or an older one): no write.
   if (before && Object.entries(vector).every(([s, hlc]) => hlc <= (before[s] ?? 0))) return
-  const next = before ? mergeVectors(before, vector) : { ...vector }
   if (trusted && known && now - known.at < PEER_WRITE_MS) {
-    known.vector = next
+    // Raised in place: the object is this map's own (readPeers hands out merged copies).
+    mergeInto(known.vector, vector)
     known.dirty = true
     known.seen = now
     return
   }
-  writePeer(db, site, next, now)
+  writePeer(db, site, before ? mergeVectors(before, vector) : { ...vector }, now)
 }
 
 function writePeer(db: SqliteDatabase, site: string, vector: VersionVector, at: number): void {
