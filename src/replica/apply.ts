@@ -277,13 +277,9 @@ export function applyPayload(
       // A default cell stands for the column's DEFAULT, which is this replica's to say (the
       // sender's copy of the table may declare none, like a server's).
       for (let c = 0; c < n; c++) if (cells[c]?.hlc === DEFAULT_HLC) values[c] = t.defaultValue(c)
-      const incoming: RowState = {
-        cl: row.cl,
-        clStamp: row.clStamp,
-        cells,
-        ...(row.seen && { seen: localSeen(row.seen, mapping, n) }),
-        ...(row.deletions && { deletions: row.deletions }),
-      }
+      const incoming: { -readonly [K in keyof RowState]: RowState[K] } = { cl: row.cl, clStamp: row.clStamp, cells }
+      if (row.seen) incoming.seen = localSeen(row.seen, mapping, n)
+      if (row.deletions) incoming.deletions = row.deletions
       // A key this replica does not hold, of a life it has seen: that life was deleted and
       // its tombstone compacted away (see compact.ts). It stays deleted.
       if (unseen && covers(compacted, row.clStamp.site, row.clStamp.hlc)) continue

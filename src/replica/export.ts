@@ -1,5 +1,5 @@
 /** Export: every row and cell version the receiver's vector does not cover, as a payload. */
-import { type CellStamp, cellCovered, type Stamp } from '../core/merge.js'
+import { type CellStamp, cellCovered } from '../core/merge.js'
 import type { SqlValue } from '../core/values.js'
 import { covers, type VersionVector } from '../core/version-vector.js'
 import type { PayloadEncoder, WireRow, WireTable } from '../wire/payload.js'
@@ -55,30 +55,20 @@ export function encodeChanges(
   tables.forEach((t, ti) => {
     const k = t.schema.pk.length
     const n = t.dataCount
-    let rows: WireRow[] = []
-    const add = (row: WireRow) => {
-      rows.push(row)
-      if (rows.length < CHUNK_ROWS) return
-      encoder.addChunk(ti, rows)
+    const added = (rows: number) => {
+      if (rows < CHUNK_ROWS) return
+      encoder.flushChunk()
       onProgress?.(encoder.rows)
-      rows = []
     }
     const visit = (raw: unknown[]): void => {
       const v = raw[k + 3] as Uint8Array | null
       if (v === null && (raw[k] as number) % 2 === 1) {
         // The common case, a live row whose cells all carry the row's stamp: covered
         // exactly when its life is, and sent without decoding anything.
-        const cl = raw[k] as number
-        const clStamp: Stamp = { cl, hlc: raw[k + 1] as number, site: sites.hex(raw[k + 2] as number) }
-        if (covers(since, clStamp.site, clStamp.hlc)) return
-        const cell: CellStamp = { cl, hlc: clStamp.hlc, site: clStamp.site, prev: null }
-        add({
-          pk: raw.slice(0, k) as SqlValue[],
-          cl,
-          clStamp,
-          stamps: new Array(n).fill(cell),
-          values: raw.slice(k + 4) as SqlValue[],
-        })
+        const site = sites.hex(raw[k + 2] as number)
+        const hlc = raw[k + 1] as number
+        if (covers(since, site, hlc)) return
+        added(encoder.addUniformRow(ti, raw, k + 4, raw[k] as number, hlc, site))
         return
       }
       const state = decodeRow([raw[k], raw[k + 1], raw[k + 2], 0, v] as StoredRow, n, sites)
@@ -100,7 +90,7 @@ export function encodeChanges(
       }
       if (!any) return
       const pk = raw.slice(0, k) as SqlValue[]
-      add({
+      const row: WireRow = {
         pk,
         cl: state.cl,
         clStamp: state.clStamp,
@@ -108,15 +98,15 @@ export function encodeChanges(
         values,
         ...(state.seen && { seen: state.seen }),
         ...(state.deletions && { deletions: state.deletions }),
-      })
+      }
+      added(encoder.addRow(ti, row))
     }
     // Deletions first, so a receiver frees UNIQUE values before rows that reuse them arrive.
     for (const alive of tombstones(t) ? [false, true] : [true]) {
-      for (const raw of t.iterateChanged(floor, alive)) visit(raw)
+      for (const page of t.changedPages(floor, alive, CHUNK_ROWS)) for (const raw of page) visit(raw)
     }
-    if (rows.length) {
-      encoder.addChunk(ti, rows)
-      onProgress?.(encoder.rows)
-    }
+    const before = encoder.rows
+    encoder.flushChunk()
+    if (encoder.rows !== before) onProgress?.(encoder.rows)
   })
 }

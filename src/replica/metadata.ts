@@ -301,9 +301,11 @@ export function encodeRow(state: RowState, sites: SiteTable): [number, number, n
       uniform = false
     }
   }
-  const head: [number, number, number, number] = [cl, clStamp.hlc, sites.idx(clStamp.site), max - clStamp.hlc]
+  const hlc = clStamp.hlc
+  const site = sites.idx(clStamp.site)
+  const md = max - hlc
   if (!isAlive(cl)) {
-    if (!state.seen && !state.deletions) return [...head, null]
+    if (!state.seen && !state.deletions) return [cl, hlc, site, md, null]
     scratch.reset()
     scratch.byte(0)
     scratch.byte((state.deletions ? T_DELETIONS : 0) | (state.seen ? T_SEEN : 0))
@@ -318,9 +320,9 @@ export function encodeRow(state: RowState, sites: SiteTable): [number, number, n
         writeStamp(scratch, s, clStamp.hlc, sites)
       }
     }
-    return [...head, scratch.finish().slice()]
+    return [cl, hlc, site, md, scratch.finish().slice()]
   }
-  if (uniform && !state.deletions) return [...head, null]
+  if (uniform && !state.deletions) return [cl, hlc, site, md, null]
   const w = scratch
   w.reset()
   if (state.deletions) {
@@ -360,5 +362,5 @@ export function encodeRow(state: RowState, sites: SiteTable): [number, number, n
     }
     if (cell.prev) writeStamp(w, cell.prev, clStamp.hlc, sites)
   }
-  return [...head, w.finish().slice()]
+  return [cl, hlc, site, md, w.finish().slice()]
 }

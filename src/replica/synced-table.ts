@@ -22,13 +22,12 @@ import { NOW_MS_SQL, placeholders, quoteId } from './sql.js'
 import { cached } from './statements.js'
 import { OP_CHECK, OP_DELETE, OP_INSERT } from './triggers.js'
 
+/** A UTF-16 surrogate code unit (no `u` flag: the class matches code units). */
+const SURROGATE = /[\uD800-\uDFFF]/
+
 /** True when `s` holds a UTF-16 surrogate (a character beyond U+FFFF). */
 function hasSurrogates(s: string): boolean {
-  for (let i = 0; i < s.length; i++) {
-    const c = s.charCodeAt(i)
-    if (c >= 0xd800 && c <= 0xdfff) return true
-  }
-  return false
+  return SURROGATE.test(s)
 }
 
 /** Rows of the change log read per fold step; bounds the memory a fold uses. */
@@ -69,8 +68,13 @@ export class SyncedTable {
   #utf8: boolean | undefined
   #echoGuard = false
   readonly #inserts = new Map<string, SqliteStatement>()
+  /** Multi-row INSERTs of {@link INSERT_BATCH} rows, by the SQL before VALUES' rows. */
   readonly #multi = new Map<string, SqliteStatement>()
-  #changed: SqliteStatement | undefined
+  /** SQL of the multi-row INSERTs before the rows: user table, metadata table. */
+  #rowsInsert: string | undefined
+  #statesInsert: string | undefined
+  /** The statements of {@link changedPages}: first page, and the page after a key. */
+  #changed: { size: number; first: SqliteStatement; next: SqliteStatement } | undefined
   /** Existence queries by number of keys (small imports repeat the same few sizes). */
   readonly #lookups = new Map<number, SqliteStatement>()
   #freshRows: unknown[] = []
@@ -375,10 +379,15 @@ export class SyncedTable {
       return
     }
     if (values !== null) {
-      this.#freshRows.push(...pk, ...values)
+      const rows = this.#freshRows
+      for (let i = 0; i < pk.length; i++) rows.push(pk[i])
+      for (let i = 0; i < values.length; i++) rows.push(values[i])
       if (++this.#freshRowCount === INSERT_BATCH) this.#flushRows()
     }
-    this.#freshStates.push(...pk, ...encodeRow(state, this.#sites))
+    const states = this.#freshStates
+    for (let i = 0; i < pk.length; i++) states.push(pk[i])
+    const [cl, clh, cls, md, v] = encodeRow(state, this.#sites)
+    states.push(cl, clh, cls, md, v)
     if (++this.#freshStateCount === INSERT_BATCH) this.#flushStates()
   }
 
@@ -433,8 +442,8 @@ export class SyncedTable {
     this.#freshRows = []
     this.#freshRowCount = 0
     const width = this.schema.pk.length + this.dataCount
-    const names = [...this.schema.pk, ...this.schema.data].map((c) => quoteId(c.name)).join(', ')
-    this.#multiInsert(`INSERT INTO ${quoteId(this.name)} (${names}) VALUES`, width, count, params)
+    this.#rowsInsert ??= `INSERT INTO ${quoteId(this.name)} (${[...this.schema.pk, ...this.schema.data].map((c) => quoteId(c.name)).join(', ')}) VALUES`
+    this.#multiInsert(this.#rowsInsert, width, count, params)
   }
 
   #flushStates(): void {
@@ -443,18 +452,18 @@ export class SyncedTable {
     const params = this.#freshStates
     this.#freshStates = []
     this.#freshStateCount = 0
-    const keys = keyColumns(this.schema.pk.length)
-    const sql = `INSERT INTO ${rowsTable(this.id)} (${keys.join(', ')}, cl, clh, cls, md, v) VALUES`
-    this.#multiInsert(sql, keys.length + 5, count, params)
+    const k = this.schema.pk.length
+    this.#statesInsert ??= `INSERT INTO ${rowsTable(this.id)} (${keyColumns(k).join(', ')}, cl, clh, cls, md, v) VALUES`
+    this.#multiInsert(this.#statesInsert, k + 5, count, params)
   }
 
   #multiInsert(prefix: string, width: number, count: number, params: unknown[]): void {
-    const key = `${prefix}|${count}`
-    let stmt = this.#multi.get(key)
+    // Only full batches are kept: the statement of the prefix (one of two per table).
+    let stmt = count === INSERT_BATCH ? this.#multi.get(prefix) : undefined
     if (!stmt) {
       const tuple = `(${placeholders(width)})`
       stmt = this.#db.prepare(`${prefix} ${Array.from({ length: count }, () => tuple).join(', ')}`)
-      if (count === INSERT_BATCH) this.#multi.set(key, stmt)
+      if (count === INSERT_BATCH) this.#multi.set(prefix, stmt)
     }
     stmt.run(...params)
   }
@@ -537,22 +546,40 @@ export class SyncedTable {
   /**
    * Every metadata row of live (or of deleted) keys whose newest stamp is above `minHlc`,
    * joined with the live values: [...key, cl, clh, cls, v, ...data values] (no `md`: it
-   * only selects). Iterates; run nothing else meanwhile.
+   * only selects), in key order, `pageSize` rows at a time (the last page may be shorter).
+   * Each page is read by a query of its own that starts after the last key of the one
+   * before: whole pages cost less than one row at a time, and memory stays bounded.
    */
-  iterateChanged(minHlc: number, alive: boolean): IterableIterator<unknown[]> {
-    const keys = keyColumns(this.schema.pk.length)
-    const on = this.schema.pk.map((c, i) => `t.${quoteId(c.name)} = r.${keys[i]}`).join(' AND ')
-    const values = this.schema.data.map((c) => `t.${quoteId(c.name)}`)
-    // Metadata integers read as REAL: exact below 2^53 and no BigInt per column per row.
-    const meta = ['cl', 'clh', 'cls'].map((c) => `CAST(r.${c} AS REAL)`)
-    const sql = `SELECT ${[...keys.map((k) => `r.${k}`), ...meta, 'r.v', ...values].join(', ')}
-      FROM ${rowsTable(this.id)} r LEFT JOIN ${quoteId(this.name)} t ON ${on}
-      WHERE r.clh + r.md > ? AND r.cl % 2 = ?`
-    let stmt = this.#changed
-    if (!stmt) {
-      stmt = this.#db.prepare(sql).raw().safeIntegers()
-      this.#changed = stmt
+  *changedPages(minHlc: number, alive: boolean, pageSize: number): Generator<unknown[][]> {
+    const k = this.schema.pk.length
+    let stmts = this.#changed
+    if (stmts === undefined || stmts.size !== pageSize) {
+      const keys = keyColumns(k)
+      const on = this.schema.pk.map((c, i) => `t.${quoteId(c.name)} = r.${keys[i]}`).join(' AND ')
+      const values = this.schema.data.map((c) => `t.${quoteId(c.name)}`)
+      // Metadata integers read as REAL: exact below 2^53 and no BigInt per column per row.
+      const meta = ['cl', 'clh', 'cls'].map((c) => `CAST(r.${c} AS REAL)`)
+      const select = `SELECT ${[...keys.map((key) => `r.${key}`), ...meta, 'r.v', ...values].join(', ')}
+        FROM ${rowsTable(this.id)} r LEFT JOIN ${quoteId(this.name)} t ON ${on}
+        WHERE r.clh + r.md > ? AND r.cl % 2 = ?`
+      const order = `ORDER BY ${keys.map((key) => `r.${key}`).join(', ')} LIMIT ${pageSize}`
+      // Row values compare like the key's B-tree orders them (no affinity, BINARY).
+      const after =
+        k === 1 ? `r.${keys[0]} > ?` : `(${keys.map((key) => `r.${key}`).join(', ')}) > (${placeholders(k)})`
+      stmts = {
+        size: pageSize,
+        first: this.#db.prepare(`${select} ${order}`).raw().safeIntegers(),
+        next: this.#db.prepare(`${select} AND ${after} ${order}`).raw().safeIntegers(),
+      }
+      this.#changed = stmts
     }
-    return stmt.iterate(minHlc, alive ? 1 : 0) as IterableIterator<unknown[]>
+    const flag = alive ? 1 : 0
+    let page = stmts.first.all(minHlc, flag) as unknown[][]
+    while (page.length) {
+      yield page
+      if (page.length < pageSize) return
+      const last = page[page.length - 1] as unknown[]
+      page = stmts.next.all(minHlc, flag, ...last.slice(0, k)) as unknown[][]
+    }
   }
 }

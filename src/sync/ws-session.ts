@@ -258,9 +258,7 @@ class WsSession implements LiveSession {
     // enough, and every FULL_VECTOR_EVERY frames the whole vector keeps what the server
     // records of this replica (its compaction floor) up to date.
     const whole = this.#pushes++ % FULL_VECTOR_EVERY === 0
-    const exported = whole
-      ? this.#host.exportChanges(this.#serverHas)
-      : this.#host.exportChangedOnly(this.#serverHas)
+    const exported = whole ? this.#host.exportChanges(this.#serverHas) : this.#host.exportChangedOnly(this.#serverHas)
     const header = this.#host.payloadHeader(exported)
     // A plain copy: exports live in a resizable ArrayBuffer, which some sockets refuse.
     const payload = new Uint8Array(exported)

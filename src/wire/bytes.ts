@@ -4,6 +4,29 @@ import { ConvergeError } from '../core/errors.js'
 const encoder = new TextEncoder()
 const decoder = new TextDecoder('utf-8', { fatal: true })
 
+/**
+ * Node's non-validating UTF-8 decoder (a Buffer method that also works on a plain
+ * Uint8Array), where the runtime has it: its result stands for ASCII input only.
+ */
+const utf8Slice = (
+  globalThis as { Buffer?: { prototype?: { utf8Slice?: (this: Uint8Array, start: number, end: number) => string } } }
+).Buffer?.prototype?.utf8Slice
+
+/** Strings shorter than this are copied code unit by code unit (no call into the encoder). */
+const SHORT_STRING = 16
+/** Strings longer than this are encoded into a buffer of their own (no reserve of 3 bytes a character). */
+const LONG_STRING = 1 << 16
+
+/** Bytes of the unsigned varint of `n`. */
+function varintSize(n: number): number {
+  let size = 1
+  while (n >= 0x80) {
+    n = Math.floor(n / 0x80)
+    size++
+  }
+  return size
+}
+
 /** Growth that leaves room for a large payload: resizable buffers grow in place. */
 const canResize = typeof (ArrayBuffer.prototype as { resize?: unknown }).resize === 'function'
 /** Writers with a `maxBytes` switch to a resizable buffer past this size. */
@@ -124,26 +147,47 @@ export class ByteWriter {
   /** Length-prefixed UTF-8 string. */
   string(s: string): void {
     const n = s.length
-    let ascii = true
-    for (let i = 0; i < n; i++) {
-      if (s.charCodeAt(i) > 0x7f) {
-        ascii = false
-        break
+    if (n < SHORT_STRING) {
+      // Short strings (labels, small keys): copy code units while they are ASCII; the
+      // length prefix of an ASCII string is one byte.
+      const start = this.#len
+      this.reserve(n + 1)
+      const buf = this.#buf
+      let pos = start
+      buf[pos++] = n
+      for (let i = 0; i < n; i++) {
+        const c = s.charCodeAt(i)
+        if (c > 0x7f) {
+          this.#len = start
+          this.#encoded(s)
+          return
+        }
+        buf[pos++] = c
       }
-    }
-    if (!ascii) {
-      const data = encoder.encode(s)
-      this.uvarint(data.length)
-      this.bytes(data)
+      this.#len = pos
       return
     }
-    // ASCII (ids, most text): copy code units directly, no intermediate buffer.
-    this.uvarint(n)
-    this.reserve(n)
-    const buf = this.#buf
-    let pos = this.#len
-    for (let i = 0; i < n; i++) buf[pos++] = s.charCodeAt(i)
-    this.#len = pos
+    if (n > LONG_STRING) {
+      this.#encoded(s)
+      return
+    }
+    // Encoded in place after a length prefix sized for an ASCII string, which is moved when
+    // the UTF-8 form turns out longer (its length lies between n and 3n bytes).
+    const guess = varintSize(n)
+    this.reserve(varintSize(3 * n) + 3 * n)
+    const start = this.#len
+    const written = encoder.encodeInto(s, this.#buf.subarray(start + guess)).written
+    const size = varintSize(written)
+    if (size !== guess) this.#buf.copyWithin(start + size, start + guess, start + guess + written)
+    this.uvarint(written)
+    this.#len = start + size + written
+  }
+
+  /** {@link string} through an intermediate encoded copy. */
+  #encoded(s: string): void {
+    const data = encoder.encode(s)
+    this.uvarint(data.length)
+    this.bytes(data)
   }
 
   /** The bytes written (a view; copy it if the writer is reused). */
@@ -246,9 +290,21 @@ export class ByteReader {
   }
 
   string(): string {
-    const data = this.bytes(this.count())
+    const n = this.count()
+    const buf = this.#buf
+    const start = this.#pos
+    const end = start + n
+    this.#pos = end
+    if (utf8Slice !== undefined) {
+      // Decoded without a view or the validating decoder, and kept when it is plain ASCII:
+      // one character per byte and no replacement character means every byte was below
+      // 0x80 (a multi-byte sequence gives fewer characters than bytes, and invalid bytes
+      // give U+FFFD).
+      const s = utf8Slice.call(buf, start, end)
+      if (s.length === n && s.indexOf('\uFFFD') < 0) return s
+    }
     try {
-      return decoder.decode(data)
+      return decoder.decode(buf.subarray(start, end))
     } catch {
       throw badPayload('invalid UTF-8')
     }

@@ -152,6 +152,20 @@ export interface PayloadHeader {
   readonly complete: boolean
 }
 
+/** A chunk being filled row by row: its sections so far, and rows kept back. */
+interface OpenChunk {
+  readonly table: number
+  readonly t: WireTable
+  rows: number
+  readonly keys: ByteWriter[]
+  readonly stamps: ByteWriter
+  readonly cells: ByteWriter[]
+  /** HLC of the last row encoded (row HLCs are deltas). */
+  lastHlc: number
+  /** Rows after the first that could not be encoded at once, in order. */
+  readonly pending: WireRow[]
+}
+
 /** Builds a payload chunk by chunk; only compressed chunks stay in memory. */
 export class PayloadEncoder {
   readonly #sites: string[] = []
@@ -164,6 +178,12 @@ export class PayloadEncoder {
   readonly #codec: PayloadCodec
   /** Per table: the effort its chunks compress with, and chunks since it was last chosen. */
   readonly #effort: { effort: DeflateEffort; age: number }[]
+  /** The chunk {@link addRow} is filling, if any. */
+  #chunk: OpenChunk | null = null
+  /** Section writers, reused from chunk to chunk. */
+  readonly #writers: ByteWriter[] = []
+  /** The uncompressed body of a chunk, reused. */
+  readonly #body = new ByteWriter(64 * 1024)
 
   constructor(sender: string, tables: WireTable[], codec: PayloadCodec = portableCodec) {
     this.#tables = tables
@@ -206,103 +226,237 @@ export class PayloadEncoder {
 
   /** Encodes and compresses one chunk of rows of table number `table`. */
   addChunk(table: number, rows: readonly WireRow[]): void {
+    this.flushChunk()
     const t = this.#tables[table]
     if (t === undefined || rows.length === 0) return
-    const sections: Uint8Array[] = []
-    for (let p = 0; p < t.pkCount; p++) {
-      const w = new ByteWriter(rows.length * 8)
-      for (const row of rows) writeValue(w, row.pk[p] as SqlValue)
-      sections.push(w.finish())
+    const chunk = this.#openChunk(table, t)
+    for (const row of rows) chunk.pending.push(row)
+    chunk.rows = rows.length
+    this.flushChunk()
+  }
+
+  /**
+   * Appends a row to the open chunk of table number `table` (opening one; a chunk of
+   * another table is written first) and returns the rows the chunk holds. The row is
+   * encoded at once when that gives the bytes {@link addChunk} would, else kept until
+   * {@link flushChunk}; either way the payload is the same as with `addChunk`.
+   */
+  addRow(table: number, row: WireRow): number {
+    const chunk = this.#chunkFor(table)
+    if (chunk.pending.length === 0 && this.#cellSitesKnown(row)) {
+      const t = chunk.t
+      for (let p = 0; p < t.pkCount; p++) writeValue(chunk.keys[p] as ByteWriter, row.pk[p] as SqlValue)
+      chunk.lastHlc = this.#rowStamps(chunk.stamps, t, row, chunk.lastHlc)
+      for (let c = 0; c < chunk.cells.length; c++) this.#cell(chunk.cells[c] as ByteWriter, row, c)
+    } else {
+      chunk.pending.push(row)
     }
-    const rw = new ByteWriter(rows.length * 4)
-    let lastHlc = 0
-    for (const row of rows) {
-      rw.uvarint(row.cl)
-      rw.svarint(row.clStamp.hlc - lastHlc)
-      lastHlc = row.clStamp.hlc
-      rw.uvarint(this.#site(row.clStamp.site))
-      // Per row a flag byte: 1 = what a tombstone's deleter had seen follows, 2 = the
-      // deletions list follows (delete-wins tables: on tombstones and on live rows).
-      const tracked = t.rows === 'delete-wins'
-      if (row.cl % 2 === 0 || tracked) {
-        const seen = row.cl % 2 === 0 ? row.seen : undefined
-        const deletions = tracked ? row.deletions : undefined
-        rw.byte((seen ? 1 : 0) | (deletions?.length ? 2 : 0))
-        if (deletions?.length) {
-          rw.uvarint(deletions.length)
-          for (const d of deletions) this.#stamp(rw, d, row.clStamp.hlc)
-        }
-        if (seen) {
-          for (const s of seen) {
-            if (s === null) {
-              rw.byte(0)
-              continue
-            }
-            rw.byte(1)
-            this.#stamp(rw, s, row.clStamp.hlc)
-          }
-        }
+    return ++chunk.rows
+  }
+
+  /**
+   * {@link addRow} for a live row every data column of which holds a version stamped like
+   * the row: key values at `raw[0 .. key columns)`, data values from `raw[valuesAt]` on.
+   */
+  addUniformRow(
+    table: number,
+    raw: readonly unknown[],
+    valuesAt: number,
+    cl: number,
+    hlc: number,
+    site: string,
+  ): number {
+    const chunk = this.#chunkFor(table)
+    const t = chunk.t
+    const n = chunk.cells.length
+    if (chunk.pending.length !== 0) {
+      const clStamp: Stamp = { cl, hlc, site }
+      const cell: CellStamp = { cl, hlc, site, prev: null }
+      chunk.pending.push({
+        pk: raw.slice(0, t.pkCount) as SqlValue[],
+        cl,
+        clStamp,
+        stamps: new Array(n).fill(cell),
+        values: raw.slice(valuesAt, valuesAt + n) as SqlValue[],
+      })
+      return ++chunk.rows
+    }
+    for (let p = 0; p < t.pkCount; p++) writeValue(chunk.keys[p] as ByteWriter, raw[p] as SqlValue)
+    const rw = chunk.stamps
+    rw.uvarint(cl)
+    rw.svarint(hlc - chunk.lastHlc)
+    chunk.lastHlc = hlc
+    rw.uvarint(this.#site(site))
+    if (cl % 2 === 0 || t.rows === 'delete-wins') rw.byte(0)
+    for (let c = 0; c < n; c++) {
+      const w = chunk.cells[c] as ByteWriter
+      w.byte(F_PRESENT | F_ROW_STAMP)
+      writeValue(w, raw[valuesAt + c] as SqlValue)
+    }
+    return ++chunk.rows
+  }
+
+  /** Compresses and writes the chunk {@link addRow} opened, if any. */
+  flushChunk(): void {
+    const chunk = this.#chunk
+    if (chunk === null) return
+    this.#chunk = null
+    if (chunk.rows === 0) return
+    const { t, pending } = chunk
+    if (pending.length) {
+      // Rows kept back go as addChunk lays them out: their stamps (registering sites in
+      // row order) before any of their cells (in column order).
+      for (let p = 0; p < t.pkCount; p++) {
+        const w = chunk.keys[p] as ByteWriter
+        for (const row of pending) writeValue(w, row.pk[p] as SqlValue)
+      }
+      for (const row of pending) chunk.lastHlc = this.#rowStamps(chunk.stamps, t, row, chunk.lastHlc)
+      for (let c = 0; c < chunk.cells.length; c++) {
+        const w = chunk.cells[c] as ByteWriter
+        for (const row of pending) this.#cell(w, row, c)
       }
     }
-    sections.push(rw.finish())
-    const dataCount = t.columns.length - t.pkCount
-    for (let c = 0; c < dataCount; c++) {
-      const w = new ByteWriter(rows.length * 16)
-      for (const row of rows) {
-        const s = row.stamps[c]
-        if (!s) {
-          w.byte(0)
-          continue
-        }
-        if (s.blocks) {
-          const sameAsRow = s.hlc === row.clStamp.hlc && s.site === row.clStamp.site
-          w.byte(F_PRESENT | F_BLOCKS | (sameAsRow ? F_ROW_STAMP : 0))
-          if (!sameAsRow) {
-            w.svarint(s.hlc - row.clStamp.hlc)
-            w.uvarint(this.#site(s.site))
-          }
-          writeTextBlocks(w, s.blocks, row.clStamp.hlc, this.#siteOf)
-          continue
-        }
-        if (s.parts) {
-          w.byte(F_PRESENT | F_PARTS)
-          w.uvarint(s.parts.length)
-          for (const p of s.parts) {
-            w.uvarint(this.#site(p.site))
-            w.svarint(p.hlc - row.clStamp.hlc)
-            writeValue(w, p.total)
-          }
-          continue
-        }
-        const sameAsRow = s.hlc === row.clStamp.hlc && s.site === row.clStamp.site
-        w.byte(F_PRESENT | (sameAsRow ? F_ROW_STAMP : 0) | (s.prev ? F_PREV : 0))
-        if (!sameAsRow) {
-          w.svarint(s.hlc - row.clStamp.hlc)
-          w.uvarint(this.#site(s.site))
-        }
-        if (s.prev) this.#stamp(w, s.prev, row.clStamp.hlc)
-        writeValue(w, row.values[c] as SqlValue)
-      }
-      sections.push(w.finish())
-    }
+    const sections = [...chunk.keys, chunk.stamps, ...chunk.cells]
     let total = 0
     for (const s of sections) total += s.length + 5
-    const body = new ByteWriter(total)
+    const body = this.#body
+    body.reset()
+    body.reserve(total)
     for (const s of sections) {
       body.uvarint(s.length)
-      body.bytes(s)
+      body.bytes(s.finish())
     }
     const raw = body.finish()
-    const compressed = this.#compress(table, raw)
+    const compressed = this.#compress(chunk.table, raw)
     const head = new ByteWriter(24)
-    head.uvarint(table)
-    head.uvarint(rows.length)
+    head.uvarint(chunk.table)
+    head.uvarint(chunk.rows)
     head.uvarint(raw.length)
     head.uvarint(compressed.length)
     this.#out.bytes(head.finish())
     this.#out.bytes(compressed)
-    this.#rowCounts[table] = (this.#rowCounts[table] as number) + rows.length
+    this.#rowCounts[chunk.table] = (this.#rowCounts[chunk.table] as number) + chunk.rows
     this.#chunkCount++
+  }
+
+  /** The open chunk of table number `table`, opened (after writing any other) when needed. */
+  #chunkFor(table: number): OpenChunk {
+    const chunk = this.#chunk
+    if (chunk !== null && chunk.table === table) return chunk
+    this.flushChunk()
+    const t = this.#tables[table]
+    if (t === undefined) throw new RangeError(`no table ${table} in this payload`)
+    return this.#openChunk(table, t)
+  }
+
+  #openChunk(table: number, t: WireTable): OpenChunk {
+    const writers = this.#writers
+    const need = t.columns.length + 1
+    while (writers.length < need) writers.push(new ByteWriter(16 * 1024))
+    for (let i = 0; i < need; i++) (writers[i] as ByteWriter).reset()
+    const chunk: OpenChunk = {
+      table,
+      t,
+      rows: 0,
+      keys: writers.slice(0, t.pkCount),
+      stamps: writers[t.pkCount] as ByteWriter,
+      cells: writers.slice(t.pkCount + 1, need),
+      lastHlc: 0,
+      pending: [],
+    }
+    this.#chunk = chunk
+    return chunk
+  }
+
+  /**
+   * True when every site the row's cells name has its payload index already or is the
+   * row's own (indexed by its stamp before its cells): then encoding the row at once
+   * numbers the sites as {@link addChunk} does, which indexes cell sites after every row
+   * stamp of the chunk.
+   */
+  #cellSitesKnown(row: WireRow): boolean {
+    const own = row.clStamp.site
+    const known = (site: string) => site === own || this.#siteIndex.has(site)
+    for (const s of row.stamps) {
+      if (!s) continue
+      if (!known(s.site) || (s.prev && !known(s.prev.site))) return false
+      if (s.parts) for (const p of s.parts) if (!known(p.site)) return false
+      if (s.blocks) {
+        for (const b of s.blocks) {
+          if (!known(b.site) || (b.prev && !known(b.prev.site))) return false
+          // A filler level ('') is written as 0, without a site index.
+          for (const level of b.pos) if (level[1] !== '' && !known(level[1])) return false
+        }
+      }
+    }
+    return true
+  }
+
+  /** Writes a row's stamps (causal length, HLC after `lastHlc`, site, flags and lists); returns its HLC. */
+  #rowStamps(rw: ByteWriter, t: WireTable, row: WireRow, lastHlc: number): number {
+    rw.uvarint(row.cl)
+    rw.svarint(row.clStamp.hlc - lastHlc)
+    rw.uvarint(this.#site(row.clStamp.site))
+    // Per row a flag byte: 1 = what a tombstone's deleter had seen follows, 2 = the
+    // deletions list follows (delete-wins tables: on tombstones and on live rows).
+    const tracked = t.rows === 'delete-wins'
+    if (row.cl % 2 === 0 || tracked) {
+      const seen = row.cl % 2 === 0 ? row.seen : undefined
+      const deletions = tracked ? row.deletions : undefined
+      rw.byte((seen ? 1 : 0) | (deletions?.length ? 2 : 0))
+      if (deletions?.length) {
+        rw.uvarint(deletions.length)
+        for (const d of deletions) this.#stamp(rw, d, row.clStamp.hlc)
+      }
+      if (seen) {
+        for (const s of seen) {
+          if (s === null) {
+            rw.byte(0)
+            continue
+          }
+          rw.byte(1)
+          this.#stamp(rw, s, row.clStamp.hlc)
+        }
+      }
+    }
+    return row.clStamp.hlc
+  }
+
+  /** Writes the cell of data column `c` of a row. */
+  #cell(w: ByteWriter, row: WireRow, c: number): void {
+    const s = row.stamps[c]
+    if (!s) {
+      w.byte(0)
+      return
+    }
+    if (s.blocks) {
+      const sameAsRow = s.hlc === row.clStamp.hlc && s.site === row.clStamp.site
+      w.byte(F_PRESENT | F_BLOCKS | (sameAsRow ? F_ROW_STAMP : 0))
+      if (!sameAsRow) {
+        w.svarint(s.hlc - row.clStamp.hlc)
+        w.uvarint(this.#site(s.site))
+      }
+      writeTextBlocks(w, s.blocks, row.clStamp.hlc, this.#siteOf)
+      return
+    }
+    if (s.parts) {
+      w.byte(F_PRESENT | F_PARTS)
+      w.uvarint(s.parts.length)
+      for (const p of s.parts) {
+        w.uvarint(this.#site(p.site))
+        w.svarint(p.hlc - row.clStamp.hlc)
+        writeValue(w, p.total)
+      }
+      return
+    }
+    const sameAsRow = s.hlc === row.clStamp.hlc && s.site === row.clStamp.site
+    w.byte(F_PRESENT | (sameAsRow ? F_ROW_STAMP : 0) | (s.prev ? F_PREV : 0))
+    if (!sameAsRow) {
+      w.svarint(s.hlc - row.clStamp.hlc)
+      w.uvarint(this.#site(s.site))
+    }
+    if (s.prev) this.#stamp(w, s.prev, row.clStamp.hlc)
+    writeValue(w, row.values[c] as SqlValue)
   }
 
   /**
@@ -328,6 +482,7 @@ export class PayloadEncoder {
    * vector covers were deleted (see {@link PayloadHeader.complete}).
    */
   finish(vector: VersionVector, since: VersionVector, maxHlc: number, complete = false): Uint8Array {
+    this.flushChunk()
     for (const site of Object.keys(vector)) this.#site(site)
     const h = new ByteWriter(256)
     h.bytes(PAYLOAD_MAGIC)
@@ -548,13 +703,16 @@ export class DecodedPayload {
       body.bytes(len)
       return new ByteReader(raw, start, start + len)
     }
-    const pks: SqlValue[][] = Array.from({ length: n }, () => [])
-    for (let p = 0; p < t.pkCount; p++) {
+    const pkCount = t.pkCount
+    const dataCount = t.columns.length - pkCount
+    const pks: SqlValue[][] = new Array(n)
+    for (let i = 0; i < n; i++) pks[i] = new Array(pkCount)
+    for (let p = 0; p < pkCount; p++) {
       const s = section()
       for (let i = 0; i < n; i++) {
         const v = readValue(s)
         if (v === null) throw badPayload('NULL in primary key')
-        ;(pks[i] as SqlValue[]).push(v)
+        ;(pks[i] as SqlValue[])[p] = v
       }
       if (s.remaining) throw badPayload('section overrun')
     }
@@ -577,8 +735,8 @@ export class DecodedPayload {
         pk: pks[i] as SqlValue[],
         cl,
         clStamp: { cl, hlc: this.#hlc(lastHlc), site: this.#siteAt(rs.uvarint()) },
-        stamps: [],
-        values: [],
+        stamps: new Array(dataCount),
+        values: new Array(dataCount),
       })
       const tracked = t.rows === 'delete-wins'
       if (cl % 2 === 0 || tracked) {
@@ -600,7 +758,6 @@ export class DecodedPayload {
         }
         if (flag & 1) {
           // Per non-key column what the deleter had seen; format 1 has one stamp for all.
-          const dataCount = t.columns.length - t.pkCount
           const readStamp = (): Stamp => {
             const scl = rs.uvarint()
             if (scl < 1 || scl >= cl || scl % 2 === 0) throw badPayload('bad tombstone life')
@@ -619,22 +776,21 @@ export class DecodedPayload {
       }
     }
     if (rs.remaining) throw badPayload('section overrun')
-    const dataCount = t.columns.length - t.pkCount
     // Cells stamped like their row share one object per row (stamps are never mutated).
     const rowCells: (CellStamp | undefined)[] = new Array(n)
     for (let c = 0; c < dataCount; c++) {
       const s = section()
+      const algorithm = t.algorithms[pkCount + c]
+      const counter = algorithm === 'counter'
+      const text = algorithm === 'text'
       for (let i = 0; i < n; i++) {
         const row = rows[i] as (typeof rows)[number]
         const flags = s.byte()
         if (flags === 0) {
-          row.stamps.push(null)
-          row.values.push(null)
+          row.stamps[c] = null
+          row.values[c] = null
           continue
         }
-        const algorithm = t.algorithms[t.pkCount + c]
-        const counter = algorithm === 'counter'
-        const text = algorithm === 'text'
         const valid = counter
           ? flags === (F_PRESENT | F_PARTS)
           : text
@@ -670,8 +826,8 @@ export class DecodedPayload {
             blocks.push({ pos, text: flags & 1 ? s.string() : null, hlc: bhlc, site: bsite, prev })
           }
           if (!normalizeBlocks(blocks)) throw badPayload('text cell repeats a position')
-          row.stamps.push(textCell(cl, blocks, { hlc, site }))
-          row.values.push(textValue(blocks, t.delimiters[t.pkCount + c] as string))
+          row.stamps[c] = textCell(cl, blocks, { hlc, site })
+          row.values[c] = textValue(blocks, t.delimiters[t.pkCount + c] as string)
           continue
         }
         if (counter) {
@@ -686,8 +842,8 @@ export class DecodedPayload {
             parts.push({ site, hlc, total })
           }
           if (!normalizeParts(parts)) throw badPayload('counter cell repeats a site')
-          row.stamps.push(counterCell(cl, parts))
-          row.values.push(sumParts(parts))
+          row.stamps[c] = counterCell(cl, parts)
+          row.values[c] = sumParts(parts)
           continue
         }
         if (flags === (F_PRESENT | F_ROW_STAMP)) {
@@ -696,8 +852,8 @@ export class DecodedPayload {
             cell = { cl, hlc: row.clStamp.hlc, site: row.clStamp.site, prev: null }
             rowCells[i] = cell
           }
-          row.stamps.push(cell)
-          row.values.push(readValue(s))
+          row.stamps[c] = cell
+          row.values[c] = readValue(s)
           continue
         }
         let hlc = row.clStamp.hlc
@@ -712,8 +868,8 @@ export class DecodedPayload {
           const phlc = this.#hlc(row.clStamp.hlc + s.svarint())
           prev = { cl: pcl, hlc: phlc, site: this.#siteAt(s.uvarint()) }
         }
-        row.stamps.push({ cl, hlc, site, prev })
-        row.values.push(readValue(s))
+        row.stamps[c] = { cl, hlc, site, prev }
+        row.values[c] = readValue(s)
       }
       if (s.remaining) throw badPayload('section overrun')
     }

@@ -11,14 +11,18 @@ const TAG_TEXT = 4
 const TAG_BLOB = 5
 
 const SMALL = 2n ** 52n
+const SMALL_NUMBER = 2 ** 52
 
 export function writeValue(w: ByteWriter, value: SqlValue): void {
   if (value === null) {
     w.byte(TAG_NULL)
   } else if (typeof value === 'bigint') {
-    if (value < SMALL && value > -SMALL) {
+    // Rounding to a double keeps order, so the test on the double decides |value| < 2^52
+    // (exact below 2^53) without comparing bigints.
+    const n = Number(value)
+    if (n < SMALL_NUMBER && n > -SMALL_NUMBER) {
       w.byte(TAG_INT)
-      w.svarint(Number(value))
+      w.svarint(n)
     } else {
       w.byte(TAG_BIGINT)
       w.bigvarint(value)
