@@ -325,8 +325,9 @@ export class Replica {
   /** Rows deleted (locally or by imports) since the last compaction, by this object. */
   #deletesSinceCompact = 0
   /**
-   * `total_changes():data_version` right after this object's last commit of a transaction
-   * of its own. Equal at the start of the next one: nothing wrote to the file in between,
+   * `total_changes():data_version` as this object's last transaction of its own committed
+   * (read just before its COMMIT, while it held the write lock; its own commit moves
+   * neither). Equal at the start of the next one: nothing wrote to the file in between,
    * not this connection (total_changes) nor another (data_version), so what this object
    * holds in memory (clock, sites, vector) is still what the file says.
    */
@@ -935,13 +936,10 @@ export class Replica {
   }
 
   /**
-   * Runs `fn` in a write transaction (a savepoint inside the app's own transaction), with
-   * the clock and site table re-read first, since another connection or Replica object on
-   * the same file may have moved them. Any error rolls everything back.
-   */
-  /**
-   * Runs `fn` in a write transaction of its own, or in a savepoint of the app's. `fn` is told
-   * whether nothing wrote to the file since this object's last commit (see #signature).
+   * Runs `fn` in a write transaction of its own, or in a savepoint of the app's, with what
+   * another connection or Replica object on the same file may have moved re-read first
+   * (see #refresh). `fn` is told whether nothing wrote to the file since this object's last
+   * commit (see #signature). Any error rolls everything back.
    */
   #write<T>(fn: (trusted: boolean) => T): T {
     const nested = this.db.inTransaction
@@ -949,10 +947,13 @@ export class Replica {
     try {
       const trusted = this.#refresh()
       const out = fn(trusted)
+      // Read before COMMIT, while no other connection can commit: after it, one could slip
+      // in between and be taken for nothing.
+      const signature = nested ? undefined : this.#readSignature()
       this.db.exec(nested ? 'RELEASE converge_write' : 'COMMIT')
       // The app's transaction may still roll back what this savepoint wrote.
-      if (nested) this.#forget()
-      else this.#signature = this.#readSignature()
+      if (signature === undefined) this.#forget()
+      else this.#signature = signature
       return out
     } catch (err) {
       if (nested) this.db.exec('ROLLBACK TO converge_write; RELEASE converge_write')
