@@ -41,6 +41,8 @@ export function scanFloor(held: ReadonlyMap<string, number>, since: VersionVecto
 /**
  * Adds every uncovered version of `tables` to `encoder`, chunk by chunk. `tombstones`
  * says which tables' deleted rows go too (default all; a snapshot leaves them out).
+ * `changedKeys`: per table, the only keys that can hold anything newer than `floor`, when
+ * known (see SyncedTable.changedKeys); then those rows are read by key instead of scanning.
  */
 export function encodeChanges(
   encoder: PayloadEncoder,
@@ -50,6 +52,7 @@ export function encodeChanges(
   floor: number,
   onProgress?: (rows: number) => void,
   tombstones: (t: SyncedTable) => boolean = () => true,
+  changedKeys: (t: SyncedTable) => SqlValue[][] | undefined = () => undefined,
 ): void {
   if (floor === Number.POSITIVE_INFINITY) return
   tables.forEach((t, ti) => {
@@ -102,8 +105,10 @@ export function encodeChanges(
       added(encoder.addRow(ti, row))
     }
     // Deletions first, so a receiver frees UNIQUE values before rows that reuse them arrive.
+    const keys = changedKeys(t)
     for (const alive of tombstones(t) ? [false, true] : [true]) {
-      for (const page of t.changedPages(floor, alive, CHUNK_ROWS)) for (const raw of page) visit(raw)
+      const pages = keys ? t.changedRowsOf(keys, floor, alive) : t.changedPages(floor, alive, CHUNK_ROWS)
+      for (const page of pages) for (const raw of page) visit(raw)
     }
     const before = encoder.rows
     encoder.flushChunk()

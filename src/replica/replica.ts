@@ -488,7 +488,22 @@ export class Replica {
       const complete = !snapshot && needsSnapshot(this.db, since)
       const from = complete ? {} : since
       const tombstones = snapshot ? () => false : undefined
-      encodeChanges(encoder, tables, this.#sites, from, scanFloor(held, from), onProgress, tombstones)
+      // No other connection can commit while this transaction writes: the version read now
+      // holds until it ends (see SyncedTable.changedKeys).
+      const dataVersion = Number(
+        (cached(this.db, 'PRAGMA data_version').get() as { data_version: number }).data_version,
+      )
+      const floor = scanFloor(held, from)
+      const tracked = new Set<SyncedTable>()
+      const changed = (t: SyncedTable) => {
+        const keys = t.changedKeys(from, held, dataVersion, floor)
+        if (keys) tracked.add(t)
+        return keys
+      }
+      encodeChanges(encoder, tables, this.#sites, from, floor, onProgress, tombstones, changed)
+      // A table just scanned starts tracking afresh from here: the next export for a
+      // receiver that holds this much reads only what is written from now on.
+      for (const t of tables) t.startTracking(held, dataVersion, tracked.has(t))
       let vector = announcedVector(this.db, this.siteId, this.#vector(), from, snapshot || complete)
       let answers = from
       if (changedOnly && !complete) {

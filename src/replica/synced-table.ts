@@ -3,6 +3,7 @@ import { HLC_TICKS_PER_MS } from '../core/hlc.js'
 import { getOrCreate } from '../core/maps.js'
 import { isAlive, type RowState, revivedCounterCell, revivedTextCell } from '../core/merge.js'
 import type { SqlValue } from '../core/values.js'
+import type { VersionVector } from '../core/version-vector.js'
 import type { SqliteDatabase, SqliteStatement } from '../driver/types.js'
 import { keyString, mapKey } from './fold.js'
 import { KeyFilter } from './key-filter.js'
@@ -38,6 +39,29 @@ const INSERT_BATCH = 64
 const BULK_FOLD_MIN = 256
 /** Keys per existence query. */
 const KEY_LOOKUP_BATCH = 500
+/** Beyond this many keys a change tracker is dropped: a scan costs about as much then. */
+const MAX_TRACKED = 20_000
+/** Largest key list of one tracked-export query; shorter lists are padded to a power of two. */
+const TRACKED_QUERY_KEYS = 256
+
+/**
+ * The keys whose metadata rows were written on one connection since `from` was taken: every
+ * metadata write of a table goes through {@link SyncedTable} (the bulk fold drops the
+ * tracker instead), so while no other connection committed (`dataVersion`), a row whose
+ * newest stamp from a site is above what was held of that site in `from` is among `keys`.
+ * Exports for a receiver that holds `from` of every site it lacks read those rows by key
+ * instead of scanning the table: a live session's one-row push no longer costs a pass over
+ * every metadata row. Kept per connection, so that every Replica object on it records into
+ * it; a rollback can only leave keys whose rows did not change, which exports skip.
+ */
+interface ChangeTracker {
+  readonly dataVersion: number
+  readonly from: ReadonlyMap<string, number>
+  /** By key: the key and the row's newest stamp (`clh + md`) as last written. */
+  readonly keys: Map<string, { readonly pk: readonly SqlValue[]; readonly newest: number }>
+}
+
+const trackers = new WeakMap<SqliteDatabase, Map<number, ChangeTracker>>()
 
 export class SyncedTable {
   readonly id: number
@@ -167,6 +191,8 @@ export class SyncedTable {
     if (s.lo === null || s.n < BULK_FOLD_MIN) return null
     const hlc = `(seq - ${s.lo} + 1) + max(?, max(ts * ${HLC_TICKS_PER_MS} - seq) OVER (ORDER BY seq ROWS UNBOUNDED PRECEDING) + ${s.lo - 1})`
     const staged = quoteId(`${PREFIX}fold_${this.id}`)
+    // Rows written here are not seen one by one: exports scan until tracking starts again.
+    this.stopTracking()
     this.#db.exec('SAVEPOINT converge_fold')
     try {
       // Staged in the temporary database, in key order (random-order inserts into the
@@ -301,8 +327,58 @@ export class SyncedTable {
 
   /** Writes a key's merge state; `existing` (it has one already) allows an in-place update. */
   saveState(pk: readonly SqlValue[], state: RowState, existing = false): void {
-    if (existing) this.#updateRow.run(...encodeRow(state, this.#sites), ...pk)
-    else this.#putRow.run(...pk, ...encodeRow(state, this.#sites))
+    const stored = encodeRow(state, this.#sites)
+    if (existing) this.#updateRow.run(...stored, ...pk)
+    else this.#putRow.run(...pk, ...stored)
+    this.#track(pk, stored[1] + stored[3])
+  }
+
+  /** Records that the metadata row of `pk` was written, newest stamp `newest` (see {@link ChangeTracker}). */
+  #track(pk: readonly SqlValue[], newest: number): void {
+    const tracker = trackers.get(this.#db)?.get(this.id)
+    if (tracker === undefined) return
+    tracker.keys.set(mapKey(pk as SqlValue[]), { pk, newest })
+    if (tracker.keys.size > MAX_TRACKED) this.stopTracking()
+  }
+
+  /**
+   * Starts recording written keys from now (`held`: what is held of each site now), unless
+   * a tracker runs and `keep` is set (the export that calls this read its keys).
+   */
+  startTracking(held: ReadonlyMap<string, number>, dataVersion: number, keep: boolean): void {
+    const mine = getOrCreate(trackers, this.#db, () => new Map<number, ChangeTracker>())
+    if (keep && mine.has(this.id)) return
+    mine.set(this.id, { dataVersion, from: new Map(held), keys: new Map() })
+  }
+
+  stopTracking(): void {
+    trackers.get(this.#db)?.delete(this.id)
+  }
+
+  /**
+   * The keys an export for `since` must look at, when the tracker can tell (no other
+   * connection committed since it started, and `since` holds what was held then of every
+   * site the receiver lacks); undefined: scan the table.
+   */
+  changedKeys(
+    since: VersionVector,
+    held: ReadonlyMap<string, number>,
+    dataVersion: number,
+    floor: number,
+  ): SqlValue[][] | undefined {
+    const tracker = trackers.get(this.#db)?.get(this.id)
+    if (tracker === undefined) return undefined
+    if (tracker.dataVersion !== dataVersion) {
+      this.stopTracking()
+      return undefined
+    }
+    for (const [site, hlc] of held) {
+      const has = since[site] ?? 0
+      if (hlc > has && has < (tracker.from.get(site) ?? 0)) return undefined
+    }
+    const keys: SqlValue[][] = []
+    for (const { pk, newest } of tracker.keys.values()) if (newest > floor) keys.push(pk as SqlValue[])
+    return keys
   }
 
   /** The keys among `pks` that have merge state here, as {@link mapKey}s. */
@@ -388,6 +464,7 @@ export class SyncedTable {
     for (let i = 0; i < pk.length; i++) states.push(pk[i])
     const [cl, clh, cls, md, v] = encodeRow(state, this.#sites)
     states.push(cl, clh, cls, md, v)
+    this.#track(pk, clh + md)
     if (++this.#freshStateCount === INSERT_BATCH) this.#flushStates()
   }
 
@@ -458,12 +535,14 @@ export class SyncedTable {
   }
 
   #multiInsert(prefix: string, width: number, count: number, params: unknown[]): void {
-    // Only full batches are kept: the statement of the prefix (one of two per table).
-    let stmt = count === INSERT_BATCH ? this.#multi.get(prefix) : undefined
+    // Kept per prefix (two per table) and row count: live imports repeat the same few
+    // small counts, and preparing costs more than running a one-row insert.
+    const key = `${count} ${prefix}`
+    let stmt = this.#multi.get(key)
     if (!stmt) {
       const tuple = `(${placeholders(width)})`
       stmt = this.#db.prepare(`${prefix} ${Array.from({ length: count }, () => tuple).join(', ')}`)
-      if (count === INSERT_BATCH) this.#multi.set(prefix, stmt)
+      this.#multi.set(key, stmt)
     }
     stmt.run(...params)
   }
@@ -550,18 +629,63 @@ export class SyncedTable {
    * Each page is read by a query of its own that starts after the last key of the one
    * before: whole pages cost less than one row at a time, and memory stays bounded.
    */
+  /**
+   * The rows {@link changedPages} would yield among `keys` (same columns and filter), a
+   * query per {@link TRACKED_QUERY_KEYS} keys, in key order within each.
+   */
+  *changedRowsOf(keys: readonly (readonly SqlValue[])[], minHlc: number, alive: boolean): Generator<unknown[][]> {
+    const k = this.schema.pk.length
+    const flag = alive ? 1 : 0
+    for (let i = 0; i < keys.length; i += TRACKED_QUERY_KEYS) {
+      const part = keys.slice(i, i + TRACKED_QUERY_KEYS)
+      // Padded with NULL keys (they match nothing): a few statement sizes serve every list.
+      let size = 1
+      while (size < part.length) size *= 2
+      const params: unknown[] = []
+      for (const pk of part) for (let c = 0; c < k; c++) params.push(pk[c])
+      for (let p = part.length * k; p < size * k; p++) params.push(null)
+      const page = this.#changedByKey(size).all(minHlc, flag, ...params) as unknown[][]
+      if (page.length) yield page
+    }
+  }
+
+  #byKey = new Map<number, SqliteStatement>()
+
+  #changedByKey(size: number): SqliteStatement {
+    let stmt = this.#byKey.get(size)
+    if (stmt) return stmt
+    const k = this.schema.pk.length
+    const keys = keyColumns(k)
+    const list =
+      k === 1
+        ? `r.${keys[0]} IN (${placeholders(size)})`
+        : `(${keys.map((key) => `r.${key}`).join(', ')}) IN (VALUES ${Array.from({ length: size }, () => `(${placeholders(k)})`).join(', ')})`
+    stmt = this.#db
+      .prepare(`${this.#changedSelect()} AND ${list} ORDER BY ${keys.map((key) => `r.${key}`).join(', ')}`)
+      .raw()
+      .safeIntegers()
+    this.#byKey.set(size, stmt)
+    return stmt
+  }
+
+  /** The export's SELECT of changed rows, up to its WHERE clause (two parameters: HLC floor, alive). */
+  #changedSelect(): string {
+    const keys = keyColumns(this.schema.pk.length)
+    const on = this.schema.pk.map((c, i) => `t.${quoteId(c.name)} = r.${keys[i]}`).join(' AND ')
+    const values = this.schema.data.map((c) => `t.${quoteId(c.name)}`)
+    // Metadata integers read as REAL: exact below 2^53 and no BigInt per column per row.
+    const meta = ['cl', 'clh', 'cls'].map((c) => `CAST(r.${c} AS REAL)`)
+    return `SELECT ${[...keys.map((key) => `r.${key}`), ...meta, 'r.v', ...values].join(', ')}
+        FROM ${rowsTable(this.id)} r LEFT JOIN ${quoteId(this.name)} t ON ${on}
+        WHERE r.clh + r.md > ? AND r.cl % 2 = ?`
+  }
+
   *changedPages(minHlc: number, alive: boolean, pageSize: number): Generator<unknown[][]> {
     const k = this.schema.pk.length
     let stmts = this.#changed
     if (stmts === undefined || stmts.size !== pageSize) {
       const keys = keyColumns(k)
-      const on = this.schema.pk.map((c, i) => `t.${quoteId(c.name)} = r.${keys[i]}`).join(' AND ')
-      const values = this.schema.data.map((c) => `t.${quoteId(c.name)}`)
-      // Metadata integers read as REAL: exact below 2^53 and no BigInt per column per row.
-      const meta = ['cl', 'clh', 'cls'].map((c) => `CAST(r.${c} AS REAL)`)
-      const select = `SELECT ${[...keys.map((key) => `r.${key}`), ...meta, 'r.v', ...values].join(', ')}
-        FROM ${rowsTable(this.id)} r LEFT JOIN ${quoteId(this.name)} t ON ${on}
-        WHERE r.clh + r.md > ? AND r.cl % 2 = ?`
+      const select = this.#changedSelect()
       const order = `ORDER BY ${keys.map((key) => `r.${key}`).join(', ')} LIMIT ${pageSize}`
       // Row values compare like the key's B-tree orders them (no affinity, BINARY).
       const after =
