@@ -57,8 +57,12 @@ const TRACKED_QUERY_KEYS = 256
 interface ChangeTracker {
   readonly dataVersion: number
   readonly from: ReadonlyMap<string, number>
-  /** By key: the key and the row's newest stamp (`clh + md`) as last written. */
-  readonly keys: Map<string, { readonly pk: readonly SqlValue[]; readonly newest: number }>
+  /**
+   * By key: the key and the row's newest stamp (`clh + md`) as last written, and when the
+   * row's only version is its row stamp (`v` NULL: a uniform live row or a bare tombstone),
+   * that stamp's site number, so that a receiver that holds it is not even read for.
+   */
+  readonly keys: Map<string, { readonly pk: readonly SqlValue[]; readonly newest: number; readonly site: number }>
 }
 
 const trackers = new WeakMap<SqliteDatabase, Map<number, ChangeTracker>>()
@@ -330,14 +334,15 @@ export class SyncedTable {
     const stored = encodeRow(state, this.#sites)
     if (existing) this.#updateRow.run(...stored, ...pk)
     else this.#putRow.run(...pk, ...stored)
-    this.#track(pk, stored[1] + stored[3])
+    this.#track(pk, stored)
   }
 
-  /** Records that the metadata row of `pk` was written, newest stamp `newest` (see {@link ChangeTracker}). */
-  #track(pk: readonly SqlValue[], newest: number): void {
+  /** Records that the metadata row of `pk` was written as `stored` (see {@link ChangeTracker}). */
+  #track(pk: readonly SqlValue[], stored: readonly [number, number, number, number, Uint8Array | null]): void {
     const tracker = trackers.get(this.#db)?.get(this.id)
     if (tracker === undefined) return
-    tracker.keys.set(mapKey(pk as SqlValue[]), { pk, newest })
+    const [, clh, cls, md, v] = stored
+    tracker.keys.set(mapKey(pk as SqlValue[]), { pk, newest: clh + md, site: v === null ? cls : -1 })
     if (tracker.keys.size > MAX_TRACKED) this.stopTracking()
   }
 
@@ -377,7 +382,10 @@ export class SyncedTable {
       if (hlc > has && has < (tracker.from.get(site) ?? 0)) return undefined
     }
     const keys: SqlValue[][] = []
-    for (const { pk, newest } of tracker.keys.values()) if (newest > floor) keys.push(pk as SqlValue[])
+    for (const { pk, newest, site } of tracker.keys.values()) {
+      if (newest <= floor || (site >= 0 && newest <= (since[this.#sites.hex(site)] ?? 0))) continue
+      keys.push(pk as SqlValue[])
+    }
     return keys
   }
 
@@ -462,9 +470,9 @@ export class SyncedTable {
     }
     const states = this.#freshStates
     for (let i = 0; i < pk.length; i++) states.push(pk[i])
-    const [cl, clh, cls, md, v] = encodeRow(state, this.#sites)
-    states.push(cl, clh, cls, md, v)
-    this.#track(pk, clh + md)
+    const stored = encodeRow(state, this.#sites)
+    states.push(stored[0], stored[1], stored[2], stored[3], stored[4])
+    this.#track(pk, stored)
     if (++this.#freshStateCount === INSERT_BATCH) this.#flushStates()
   }
 
