@@ -106,6 +106,8 @@ export class SyncedTable {
   /** Existence queries by number of keys (small imports repeat the same few sizes). */
   readonly #lookups = new Map<number, SqliteStatement>()
   #freshRows: unknown[] = []
+  /** Keys of queued rows whose log rows must go after their insert (see setEchoGuard). */
+  #freshEchoes: (readonly SqlValue[])[] = []
   #freshRowCount = 0
   #freshStates: unknown[] = []
   #freshStateCount = 0
@@ -452,17 +454,9 @@ export class SyncedTable {
    * statements, which costs far less per row than one statement each.
    */
   queueFresh(pk: readonly SqlValue[], state: RowState, values: readonly SqlValue[] | null): void {
-    if (this.#echoGuard) {
-      if (values !== null)
-        this.insertRow(
-          pk,
-          this.schema.data.map((_, c) => c),
-          values,
-        )
-      this.saveState(pk, state)
-      return
-    }
     if (values !== null) {
+      // With the capture triggers on, the batch's log rows are removed after its insert.
+      if (this.#echoGuard) this.#freshEchoes.push(pk)
       const rows = this.#freshRows
       for (let i = 0; i < pk.length; i++) rows.push(pk[i])
       for (let i = 0; i < values.length; i++) rows.push(values[i])
@@ -514,6 +508,7 @@ export class SyncedTable {
 
   /** Drops queued writes (after a rollback they belong to nothing). */
   discardPending(): void {
+    this.#freshEchoes = []
     this.#freshRows = []
     this.#freshRowCount = 0
     this.#freshStates = []
@@ -528,7 +523,32 @@ export class SyncedTable {
     this.#freshRowCount = 0
     const width = this.schema.pk.length + this.dataCount
     this.#rowsInsert ??= `INSERT INTO ${quoteId(this.name)} (${[...this.schema.pk, ...this.schema.data].map((c) => quoteId(c.name)).join(', ')}) VALUES`
+    const echoes = this.#freshEchoes
+    if (echoes.length === 0) {
+      this.#multiInsert(this.#rowsInsert, width, count, params)
+      return
+    }
+    this.#freshEchoes = []
+    const before = (this.#logMax.get() as { m: number | null }).m ?? 0
     this.#multiInsert(this.#rowsInsert, width, count, params)
+    // What the insert trigger logged for these keys is the import's own echo.
+    this.#echoDelete(echoes.length).run(before, ...echoes.flat())
+  }
+
+  /** `DELETE` of the log rows after a sequence number for `count` keys, by count. */
+  #echoDelete(count: number): SqliteStatement {
+    const key = `${count} echo`
+    let stmt = this.#multi.get(key)
+    if (!stmt) {
+      const keys = keyColumns(this.schema.pk.length)
+      const list =
+        keys.length === 1
+          ? `${keys[0]} IN (${placeholders(count)})`
+          : `(${keys.join(', ')}) IN (VALUES ${Array.from({ length: count }, () => `(${placeholders(keys.length)})`).join(', ')})`
+      stmt = this.#db.prepare(`DELETE FROM ${logTable(this.id)} WHERE seq > ? AND ${list}`)
+      this.#multi.set(key, stmt)
+    }
+    return stmt
   }
 
   #flushStates(): void {
