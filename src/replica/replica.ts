@@ -332,6 +332,8 @@ export class Replica {
    * holds in memory (clock, sites, vector) is still what the file says.
    */
   #signature: string | undefined
+  /** PRAGMA data_version as read at the start of the current (or last) write transaction. */
+  #dataVersion = -1
   /** The version vector as of the last read or write of this object; never mutated in place. */
   #vectorCache: Readonly<VersionVector> | undefined
   /** Per site, the highest HLC of any version held from it; kept like #vectorCache. */
@@ -490,9 +492,7 @@ export class Replica {
       const tombstones = snapshot ? () => false : undefined
       // No other connection can commit while this transaction writes: the version read now
       // holds until it ends (see SyncedTable.changedKeys).
-      const dataVersion = Number(
-        (cached(this.db, 'PRAGMA data_version').get() as { data_version: number }).data_version,
-      )
+      const dataVersion = this.#dataVersion
       const floor = scanFloor(held, from)
       const tracked = new Set<SyncedTable>()
       const changed = (t: SyncedTable) => {
@@ -962,9 +962,9 @@ export class Replica {
     try {
       const trusted = this.#refresh()
       const out = fn(trusted)
-      // Read before COMMIT, while no other connection can commit: after it, one could slip
-      // in between and be taken for nothing.
-      const signature = nested ? undefined : this.#readSignature()
+      // Taken before COMMIT, while no other connection can commit (data_version as read at
+      // the start still holds): after it, one could slip in between and be taken for nothing.
+      const signature = nested ? undefined : `${this.#totalChanges()}:${this.#dataVersion}`
       this.db.exec(nested ? 'RELEASE converge_write' : 'COMMIT')
       // The app's transaction may still roll back what this savepoint wrote.
       if (signature === undefined) this.#forget()
@@ -983,7 +983,8 @@ export class Replica {
 
   /** Re-reads what other writers may have moved; true when nothing did (see #signature). */
   #refresh(): boolean {
-    const trusted = this.#signature !== undefined && this.#signature === this.#readSignature()
+    this.#dataVersion = Number((cached(this.db, 'PRAGMA data_version').get() as { data_version: number }).data_version)
+    const trusted = this.#signature !== undefined && this.#signature === `${this.#totalChanges()}:${this.#dataVersion}`
     if (!trusted) {
       // Peer vectors kept in memory were recorded by transactions that committed (a
       // rollback drops them): merge them into what another writer may have stored.
@@ -994,15 +995,12 @@ export class Replica {
       this.#sites.refresh()
     }
     // DDL moves neither total_changes nor, on this connection, data_version.
-    this.#syncTables()
+    this.#syncTables(trusted)
     return trusted
   }
 
-  #readSignature(): string {
-    const [changes, version] = cached(this.db, 'SELECT total_changes(), (SELECT data_version FROM pragma_data_version)')
-      .raw()
-      .get() as [number, number]
-    return `${changes}:${version}`
+  #totalChanges(): number {
+    return (cached(this.db, 'SELECT total_changes() AS n').get() as { n: number }).n
   }
 
   /** Drops what this object holds in memory of the file's sync state. */
@@ -1018,9 +1016,11 @@ export class Replica {
    * changes made with plain SQL since the last look (PRAGMA schema_version moves on any
    * DDL): metadata and triggers are brought up to date (see migrate.ts).
    */
-  #syncTables(): void {
+  #syncTables(trusted = false): void {
     const version = (cached(this.db, 'PRAGMA schema_version').get() as { schema_version: number }).schema_version
     if (version === this.#schemaVersion) {
+      // Nothing wrote to the file since this object's last commit: the tables are as then.
+      if (trusted) return
       // The common case, nothing changed: a count, not the stored descriptions, tells.
       const count = (cached(this.db, `SELECT count(*) AS n FROM ${PREFIX}tables`).get() as { n: number }).n
       if (count === this.#tables.size) return

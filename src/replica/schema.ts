@@ -241,5 +241,16 @@ export function schemaHash(
   const parts: unknown[] = [table, pk.map((c) => [c.name, c.affinity]), sorted.map(col)]
   if (rows !== 'causal') parts.push(rows)
   const canonical = JSON.stringify(parts)
-  return sha256(new TextEncoder().encode(canonical)).subarray(0, 16)
+  // Every import checks the hash of each table its payload describes: the same few texts.
+  let hash = hashes.get(canonical)
+  if (hash === undefined) {
+    hash = sha256(new TextEncoder().encode(canonical)).slice(0, 16)
+    if (hashes.size >= MAX_CACHED_HASHES) hashes.clear()
+    hashes.set(canonical, hash)
+  }
+  return hash.slice()
 }
+
+/** Schema hashes by canonical text (see schemaHash). */
+const hashes = new Map<string, Uint8Array>()
+const MAX_CACHED_HASHES = 1000
