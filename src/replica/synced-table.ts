@@ -39,8 +39,8 @@ const INSERT_BATCH = 64
 const BULK_FOLD_MIN = 256
 /** Keys per existence query. */
 const KEY_LOOKUP_BATCH = 500
-/** Beyond this many keys a change tracker is dropped: a scan costs about as much then. */
-const MAX_TRACKED = 20_000
+/** Beyond this many keys a change tracker is dropped (memory: about 150 bytes a key); the next export scans and starts it again. */
+const MAX_TRACKED = 5000
 /** Largest key list of one tracked-export query; shorter lists are padded to a power of two. */
 const TRACKED_QUERY_KEYS = 256
 
