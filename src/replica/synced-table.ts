@@ -67,6 +67,27 @@ interface ChangeTracker {
 
 const trackers = new WeakMap<SqliteDatabase, Map<number, ChangeTracker>>()
 
+function powerOfTwoAtLeast(n: number): number {
+  let size = 1
+  while (size < n) size *= 2
+  return size
+}
+
+/** `key IN (?, ...)` (or a row-value list for composite keys) for `size` keys. */
+function keyIn(keys: readonly string[], size: number, prefix: string): string {
+  if (keys.length === 1) return `${prefix}${keys[0]} IN (${placeholders(size)})`
+  const tuple = `(${placeholders(keys.length)})`
+  return `(${keys.map((key) => `${prefix}${key}`).join(', ')}) IN (VALUES ${Array.from({ length: size }, () => tuple).join(', ')})`
+}
+
+/** The values of `pks` (`k` columns each), padded with NULL keys, which match nothing, to `size` keys. */
+function paddedKeys(pks: readonly (readonly SqlValue[])[], k: number, size: number): SqlValue[] {
+  const out: SqlValue[] = []
+  for (const pk of pks) for (let c = 0; c < k; c++) out.push(pk[c] as SqlValue)
+  for (let p = pks.length * k; p < size * k; p++) out.push(null)
+  return out
+}
+
 export class SyncedTable {
   readonly id: number
   readonly schema: TableSchema
@@ -397,20 +418,18 @@ export class SyncedTable {
     if (this.#allAfterLast(pks)) return found
     const k = this.schema.pk.length
     const keys = keyColumns(k)
-    const tuple = k === 1 ? '?' : `(${placeholders(k)})`
     for (let i = 0; i < pks.length; i += KEY_LOOKUP_BATCH) {
       const part = pks.slice(i, i + KEY_LOOKUP_BATCH)
-      const list = k === 1 ? part.map(() => tuple).join(', ') : `VALUES ${part.map(() => tuple).join(', ')}`
-      const lhs = k === 1 ? keys[0] : `(${keys.join(', ')})`
-      let stmt = this.#lookups.get(part.length)
+      const size = powerOfTwoAtLeast(part.length)
+      let stmt = this.#lookups.get(size)
       if (!stmt) {
         stmt = this.#db
-          .prepare(`SELECT ${keys.join(', ')} FROM ${rowsTable(this.id)} WHERE ${lhs} IN (${list})`)
+          .prepare(`SELECT ${keys.join(', ')} FROM ${rowsTable(this.id)} WHERE ${keyIn(keys, size, '')}`)
           .raw()
           .safeIntegers()
-        this.#lookups.set(part.length, stmt)
+        this.#lookups.set(size, stmt)
       }
-      const rows = stmt.all(...part.flat()) as SqlValue[][]
+      const rows = stmt.all(...paddedKeys(part, k, size)) as SqlValue[][]
       for (const row of rows) found.add(mapKey(row))
     }
     return found
@@ -532,20 +551,18 @@ export class SyncedTable {
     const before = (this.#logMax.get() as { m: number | null }).m ?? 0
     this.#multiInsert(this.#rowsInsert, width, count, params)
     // What the insert trigger logged for these keys is the import's own echo.
-    this.#echoDelete(echoes.length).run(before, ...echoes.flat())
+    const size = powerOfTwoAtLeast(echoes.length)
+    const k = this.schema.pk.length
+    this.#echoDelete(size).run(before, ...paddedKeys(echoes, k, size))
   }
 
-  /** `DELETE` of the log rows after a sequence number for `count` keys, by count. */
-  #echoDelete(count: number): SqliteStatement {
-    const key = `${count} echo`
+  /** `DELETE` of the log rows after a sequence number for `size` keys. */
+  #echoDelete(size: number): SqliteStatement {
+    const key = `${size} echo`
     let stmt = this.#multi.get(key)
     if (!stmt) {
       const keys = keyColumns(this.schema.pk.length)
-      const list =
-        keys.length === 1
-          ? `${keys[0]} IN (${placeholders(count)})`
-          : `(${keys.join(', ')}) IN (VALUES ${Array.from({ length: count }, () => `(${placeholders(keys.length)})`).join(', ')})`
-      stmt = this.#db.prepare(`DELETE FROM ${logTable(this.id)} WHERE seq > ? AND ${list}`)
+      stmt = this.#db.prepare(`DELETE FROM ${logTable(this.id)} WHERE seq > ? AND ${keyIn(keys, size, '')}`)
       this.#multi.set(key, stmt)
     }
     return stmt
@@ -563,16 +580,23 @@ export class SyncedTable {
   }
 
   #multiInsert(prefix: string, width: number, count: number, params: unknown[]): void {
-    // Kept per prefix (two per table) and row count: live imports repeat the same few
-    // small counts, and preparing costs more than running a one-row insert.
-    const key = `${count} ${prefix}`
-    let stmt = this.#multi.get(key)
-    if (!stmt) {
-      const tuple = `(${placeholders(width)})`
-      stmt = this.#db.prepare(`${prefix} ${Array.from({ length: count }, () => tuple).join(', ')}`)
-      this.#multi.set(key, stmt)
+    // In pieces of powers of two (45 rows: 32 + 8 + 4 + 1), so that seven statements per
+    // prefix serve every count: preparing costs more than a small insert, and a process
+    // with hundreds of replicas cannot keep one statement per count for each.
+    let at = 0
+    for (let piece = INSERT_BATCH; piece >= 1; piece /= 2) {
+      while (count - at >= piece) {
+        const key = `${piece} ${prefix}`
+        let stmt = this.#multi.get(key)
+        if (!stmt) {
+          const tuple = `(${placeholders(width)})`
+          stmt = this.#db.prepare(`${prefix} ${Array.from({ length: piece }, () => tuple).join(', ')}`)
+          this.#multi.set(key, stmt)
+        }
+        stmt.run(...(piece === count ? params : params.slice(at * width, (at + piece) * width)))
+        at += piece
+      }
     }
-    stmt.run(...params)
   }
 
   /** Current values of the data columns of a live row, or undefined. */
@@ -667,12 +691,8 @@ export class SyncedTable {
     for (let i = 0; i < keys.length; i += TRACKED_QUERY_KEYS) {
       const part = keys.slice(i, i + TRACKED_QUERY_KEYS)
       // Padded with NULL keys (they match nothing): a few statement sizes serve every list.
-      let size = 1
-      while (size < part.length) size *= 2
-      const params: unknown[] = []
-      for (const pk of part) for (let c = 0; c < k; c++) params.push(pk[c])
-      for (let p = part.length * k; p < size * k; p++) params.push(null)
-      const page = this.#changedByKey(size).all(minHlc, flag, ...params) as unknown[][]
+      const size = powerOfTwoAtLeast(part.length)
+      const page = this.#changedByKey(size).all(minHlc, flag, ...paddedKeys(part, k, size)) as unknown[][]
       if (page.length) yield page
     }
   }
@@ -682,14 +702,11 @@ export class SyncedTable {
   #changedByKey(size: number): SqliteStatement {
     let stmt = this.#byKey.get(size)
     if (stmt) return stmt
-    const k = this.schema.pk.length
-    const keys = keyColumns(k)
-    const list =
-      k === 1
-        ? `r.${keys[0]} IN (${placeholders(size)})`
-        : `(${keys.map((key) => `r.${key}`).join(', ')}) IN (VALUES ${Array.from({ length: size }, () => `(${placeholders(k)})`).join(', ')})`
+    const keys = keyColumns(this.schema.pk.length)
     stmt = this.#db
-      .prepare(`${this.#changedSelect()} AND ${list} ORDER BY ${keys.map((key) => `r.${key}`).join(', ')}`)
+      .prepare(
+        `${this.#changedSelect()} AND ${keyIn(keys, size, 'r.')} ORDER BY ${keys.map((key) => `r.${key}`).join(', ')}`,
+      )
       .raw()
       .safeIntegers()
     this.#byKey.set(size, stmt)
