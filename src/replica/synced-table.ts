@@ -41,6 +41,8 @@ const BULK_FOLD_MIN = 256
 const KEY_LOOKUP_BATCH = 500
 /** Beyond this many keys a change tracker is dropped (memory: about 150 bytes a key); the next export scans and starts it again. */
 const MAX_TRACKED = 5000
+/** A tracker an export read from is started afresh past this many keys (see startTracking). */
+const KEEP_TRACKED = 500
 /** Largest key list of one tracked-export query; shorter lists are padded to a power of two. */
 const TRACKED_QUERY_KEYS = 256
 
@@ -371,11 +373,13 @@ export class SyncedTable {
 
   /**
    * Starts recording written keys from now (`held`: what is held of each site now), unless
-   * a tracker runs and `keep` is set (the export that calls this read its keys).
+   * a tracker runs, `keep` is set (the export that calls this read its keys) and it holds
+   * at most {@link KEEP_TRACKED} keys: past that, starting afresh keeps it small, and a
+   * receiver that imports this export holds what a fresh start asks.
    */
   startTracking(held: ReadonlyMap<string, number>, dataVersion: number, keep: boolean): void {
     const mine = getOrCreate(trackers, this.#db, () => new Map<number, ChangeTracker>())
-    if (keep && mine.has(this.id)) return
+    if (keep && (mine.get(this.id)?.keys.size ?? Number.POSITIVE_INFINITY) <= KEEP_TRACKED) return
     mine.set(this.id, { dataVersion, from: new Map(held), keys: new Map() })
   }
 
