@@ -191,6 +191,23 @@ describe('exports from tracked keys', () => {
     }
   })
 
+  it('after a column is added (uniform rows get default cells), exports match a scan', () => {
+    const [a, b, c] = ['a', 'b', 'c'].map((n) => open(join(dir, `alter-${n}.db`))) as [Replica, Replica, Replica]
+    try {
+      a.db.prepare('INSERT INTO items VALUES (1, ?, 1)').run('first')
+      c.importChanges(a.exportChanges(c.versionVector())) // a starts tracking here
+      a.db.prepare('INSERT INTO items VALUES (2, ?, 2)').run('new on a')
+      b.db.prepare('INSERT INTO items VALUES (3, ?, 3)').run('from b')
+      c.importChanges(b.exportChanges(c.versionVector()))
+      a.importChanges(b.exportChanges(a.versionVector()))
+      a.db.exec('ALTER TABLE items ADD COLUMN extra TEXT')
+      const since = c.versionVector()
+      expect(contents(a.exportChanges(since))).toEqual(contents(scanned(a, since)))
+    } finally {
+      for (const r of [a, b, c]) r.close()
+    }
+  })
+
   it('rows an import wrote in multi-row inserts are found', () => {
     const [a, b, c] = ['a', 'b', 'c'].map((n) => open(join(dir, `multi-${n}.db`))) as [Replica, Replica, Replica]
     try {

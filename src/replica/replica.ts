@@ -1033,7 +1033,11 @@ export class Replica {
       const known = this.#tables.get(stored.name)
       const { schema, rebuilt } = reconcileTable(this.db, stored, known?.schema)
       if (rebuilt) {
-        this.#tables.set(stored.name, new SyncedTable(this.db, this.#sites, stored.id, schema, Number(stored.clfloor)))
+        const table = new SyncedTable(this.db, this.#sites, stored.id, schema, Number(stored.clfloor))
+        // A migration may rewrite metadata rows behind the tracker's back (added columns
+        // turn uniform rows into rows with default cells): exports scan until it restarts.
+        table.stopTracking()
+        this.#tables.set(stored.name, table)
       } else if (known && Number(stored.clfloor) > known.clFloor) {
         known.clFloor = Number(stored.clfloor) // raised by another connection
       }
