@@ -7,6 +7,7 @@ import path from 'node:path'
 import { fileURLToPath } from 'node:url'
 import Database from 'better-sqlite3'
 import { openReplica } from 'sqlite-converge'
+import { exportChangedOnly } from '../dist/replica/replica.js'
 import { generateRows, insertRows, openSynced, SCHEMA } from './workload.js'
 
 const ROWS = 100_000
@@ -128,6 +129,57 @@ function measureCompaction(dir, rows) {
   ]
 }
 
+/**
+ * The import a live client makes for one row another client wrote, with 5 and 500 sites
+ * known: the whole vector in the header, or only the entries that moved (what the sync
+ * server sends live clients). Median of 200 imports, each of a payload exported for the
+ * receiver's vector at that moment.
+ */
+function measureLiveImports() {
+  const open = () => {
+    const r = openReplica(':memory:')
+    r.db.exec('CREATE TABLE events (id TEXT PRIMARY KEY, origin INTEGER NOT NULL, sent REAL NOT NULL)')
+    r.enableSync('events')
+    return r
+  }
+  const write = (r, id) => r.db.prepare('INSERT INTO events VALUES (?, ?, ?)').run(id, 1, Date.now())
+  const out = []
+  for (const sites of [5, 500]) {
+    const server = open()
+    for (let i = 0; i < sites; i++) {
+      const w = open()
+      write(w, `w${i}`)
+      server.importChanges(w.exportChanges())
+      w.close()
+    }
+    const writer = open()
+    writer.importChanges(server.exportChanges())
+    for (const changedOnly of [false, true]) {
+      const client = open()
+      client.importChanges(server.exportChanges())
+      const ms = []
+      let bytes = 0
+      for (let i = 0; i < 200; i++) {
+        write(writer, `${changedOnly}-${i}`)
+        server.importChanges(writer.exportChanges(server.versionVector()))
+        const since = client.versionVector()
+        const p = changedOnly ? exportChangedOnly(server, since) : server.exportChanges(since)
+        bytes += p.length
+        const start = performance.now()
+        client.importChanges(p)
+        ms.push(performance.now() - start)
+      }
+      client.close()
+      const how = changedOnly ? 'changed-only vector' : 'whole vector'
+      out.push(figure(`one-row live import, ${sites} sites, ${how}`, median(ms), 'ms', null, null))
+      out.push(figure(`  its payload`, bytes / 200, 'bytes', null, null))
+    }
+    writer.close()
+    server.close()
+  }
+  return out
+}
+
 /** Runs bench/big.js in a child process; its last stdout line is a JSON result. */
 function runChild(...childArgs) {
   const script = path.join(path.dirname(fileURLToPath(import.meta.url)), 'big.js')
@@ -235,6 +287,26 @@ function run(dir) {
   const [deltaExportMs, delta] = timed(() => replica.exportChanges(target.versionVector()))
   const [deltaImportMs] = timed(() => target.importChanges(delta))
 
+  // A live push of one row from the 100k-row table: the source's connection tracks the keys
+  // it writes since its last export; a second connection has no tracker and scans.
+  progress('one-row exports from the 100k table...')
+  const oneRow = replica.db.prepare('UPDATE todos SET done = 1 - done WHERE rowid = ?')
+  const trackedMs = []
+  for (let i = 1; i <= 5; i++) {
+    const since = target.versionVector()
+    oneRow.run(i)
+    const [ms, p] = timed(() => replica.exportChanges(since))
+    trackedMs.push(ms)
+    target.importChanges(p)
+  }
+  const lastSince = target.versionVector()
+  oneRow.run(6)
+  replica.versionVector() // folds the write, so that the scan below only reads
+  const second = openReplica(syncedFile)
+  const [scanMs, scanned] = timed(() => second.exportChanges(lastSince))
+  second.close()
+  target.importChanges(scanned)
+
   const figures = [
     figure('1. insert 100k rows', times.syncedInsert, 'ms', times.plainInsert, 1.5),
     figure('2. update 1 column, 100k rows', times.syncedUpdate, 'ms', times.plainUpdate, 3),
@@ -249,6 +321,8 @@ function run(dir) {
     figure('sync 100k updated rows: export', deltaExportMs, 'ms', null, null),
     figure('sync 100k updated rows: import', deltaImportMs, 'ms', null, null),
     figure('sync 100k updated rows: payload', delta.length, 'bytes', null, null),
+    figure('one-row export from 100k rows, tracked keys', median(trackedMs), 'ms', null, null),
+    figure('  the same by a full scan (new connection)', scanMs, 'ms', null, null),
   ]
 
   const source = tableDigest(replica.db)
@@ -269,6 +343,8 @@ function run(dir) {
 
   progress('compaction...')
   figures.push(...measureCompaction(dir, rows))
+  progress('one-row live imports among many sites...')
+  figures.push(...measureLiveImports())
   if (!quick) figures.push(...measureBig(dir))
   return { figures, correctness }
 }
@@ -290,6 +366,7 @@ function formatNumber(value, unit) {
   if (value === null) return '-'
   if (unit === 'bytes') return value >= 2 ** 20 ? `${(value / 2 ** 20).toFixed(1)} MiB` : `${value.toFixed(1)} B`
   if (unit === 'rows/s') return `${Math.round(value).toLocaleString('en')} rows/s`
+  if (unit === 'ms' && value < 10) return `${value.toFixed(2)} ms`
   return `${value.toFixed(unit === 'ms' || unit === 'rows' ? 0 : 1)} ${unit}`
 }
 
