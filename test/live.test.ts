@@ -103,9 +103,9 @@ function serverRows(name = 'shop'): unknown[] {
 }
 
 /** A raw WebSocket; resolves once open, or rejects with the upgrade's error. */
-function rawSocket(url: string, headers: Record<string, string> = {}): Promise<WebSocket> {
+function rawSocket(url: string, headers: Record<string, string> = {}, protocols: string[] = []): Promise<WebSocket> {
   return new Promise((ok, fail) => {
-    const ws = new WebSocket(url, { headers })
+    const ws = new WebSocket(url, protocols, { headers })
     cleanups.push(() => ws.terminate())
     ws.once('open', () => ok(ws))
     ws.once('error', fail)
@@ -235,12 +235,7 @@ describe('live sync', () => {
     insert(a, 'seed', 'seed')
     await a.sync(`${s.url}/db/shop`)
     // b speaks the acknowledging subprotocol by hand, so the test decides when it acks.
-    const slow = await new Promise<WebSocket>((ok, fail) => {
-      const ws = new WebSocket(url, [ACK_PROTOCOL])
-      cleanups.push(() => ws.terminate())
-      ws.once('open', () => ok(ws))
-      ws.once('error', fail)
-    })
+    const slow = await rawSocket(url, {}, [ACK_PROTOCOL])
     expect(slow.protocol).toBe(ACK_PROTOCOL)
     const received: Uint8Array[] = []
     slow.on('message', (data, isBinary) => {

@@ -119,15 +119,20 @@ export class SyncedTable {
   #utf8: boolean | undefined
   #echoGuard = false
   readonly #inserts = new Map<string, SqliteStatement>()
-  /** Multi-row INSERTs of {@link INSERT_BATCH} rows, by the SQL before VALUES' rows. */
+  /**
+   * Multi-row statements by size and kind: INSERTs of a power of two of rows (keyed
+   * `${rows} ${SQL before the rows}`) and the batch echo DELETEs (`${keys} echo`).
+   */
   readonly #multi = new Map<string, SqliteStatement>()
   /** SQL of the multi-row INSERTs before the rows: user table, metadata table. */
   #rowsInsert: string | undefined
   #statesInsert: string | undefined
   /** The statements of {@link changedPages}: first page, and the page after a key. */
   #changed: { size: number; first: SqliteStatement; next: SqliteStatement } | undefined
-  /** Existence queries by number of keys (small imports repeat the same few sizes). */
+  /** Existence queries by number of keys, a power of two (lists are padded with NULL keys). */
   readonly #lookups = new Map<number, SqliteStatement>()
+  /** The tracked-export queries ({@link changedRowsOf}) by number of keys, a power of two. */
+  readonly #byKey = new Map<number, SqliteStatement>()
   #freshRows: unknown[] = []
   /** Keys of queued rows whose log rows must go after their insert (see setEchoGuard). */
   #freshEchoes: (readonly SqlValue[])[] = []
@@ -679,13 +684,6 @@ export class SyncedTable {
   }
 
   /**
-   * Every metadata row of live (or of deleted) keys whose newest stamp is above `minHlc`,
-   * joined with the live values: [...key, cl, clh, cls, v, ...data values] (no `md`: it
-   * only selects), in key order, `pageSize` rows at a time (the last page may be shorter).
-   * Each page is read by a query of its own that starts after the last key of the one
-   * before: whole pages cost less than one row at a time, and memory stays bounded.
-   */
-  /**
    * The rows {@link changedPages} would yield among `keys` (same columns and filter), a
    * query per {@link TRACKED_QUERY_KEYS} keys, in key order within each.
    */
@@ -700,8 +698,6 @@ export class SyncedTable {
       if (page.length) yield page
     }
   }
-
-  #byKey = new Map<number, SqliteStatement>()
 
   #changedByKey(size: number): SqliteStatement {
     let stmt = this.#byKey.get(size)
@@ -729,6 +725,13 @@ export class SyncedTable {
         WHERE r.clh + r.md > ? AND r.cl % 2 = ?`
   }
 
+  /**
+   * Every metadata row of live (or of deleted) keys whose newest stamp is above `minHlc`,
+   * joined with the live values: [...key, cl, clh, cls, v, ...data values] (no `md`: it
+   * only selects), in key order, `pageSize` rows at a time (the last page may be shorter).
+   * Each page is read by a query of its own that starts after the last key of the one
+   * before: whole pages cost less than one row at a time, and memory stays bounded.
+   */
   *changedPages(minHlc: number, alive: boolean, pageSize: number): Generator<unknown[][]> {
     const k = this.schema.pk.length
     let stmts = this.#changed

@@ -15,7 +15,7 @@ import type { Logger } from 'pino'
 import { type WebSocket, WebSocketServer } from 'ws'
 import { ConvergeError, isConvergeError } from '../core/errors.js'
 import { dominates, mergeInto, type VersionVector } from '../core/version-vector.js'
-import { ACK_FRAME, ACK_PROTOCOL } from '../sync/ws-session.js'
+import { ACK_FRAME, ACK_PROTOCOL, FULL_VECTOR_EVERY } from '../sync/ws-session.js'
 import type { Authenticator, Principal } from './auth.js'
 import type { Metrics } from './metrics.js'
 import type { RateLimiter } from './rate-limit.js'
@@ -107,14 +107,6 @@ const RECOVERABLE = new Set(['BAD_PAYLOAD', 'SCHEMA_MISMATCH', 'CLOCK_DRIFT', 'C
 const DEFAULT_INTERVAL_MS = 25
 /** Flush bases kept per database: a client more flushes behind gets an export of its own. */
 const KEPT_BASES = 16
-/**
- * Payloads to clients that hold the base they were exported for announce only the vector
- * entries that moved (a one-row payload among 500 sites is then a few hundred bytes, not
- * 25 kB, and imports in a fraction of the time); every this many flushes, and in a client's
- * first answer, they announce the whole vector, so what a client records of the server
- * (its resume point, its compaction floor) catches up.
- */
-const FULL_VECTOR_EVERY = 64
 
 export class LiveHub {
   readonly #o: LiveHubOptions
@@ -389,6 +381,9 @@ export class LiveHub {
       let out: ExportedPayload | undefined = from === undefined ? undefined : shared.get(from)
       if (!out) {
         const since = from === undefined ? c.vector : (room.bases.get(from) as VersionVector)
+        // Payloads for a base the client holds announce only the vector entries that moved
+        // (a one-row payload among 500 sites is a few hundred bytes, not 25 kB); a client's
+        // first answer and every FULL_VECTOR_EVERY-th flush announce the whole vector.
         out = await db.exportFor(since, { changedOnly: c.gen >= 0 && gen % FULL_VECTOR_EVERY !== 0 })
         exports++
         if (from !== undefined) shared.set(from, out)

@@ -49,9 +49,14 @@ export const ACK_PROTOCOL = 'converge.ack.v1'
 /** The acknowledgement frame. */
 export const ACK_FRAME = 'ack'
 
+/**
+ * Live payloads announce only the vector entries that moved above what the receiver holds;
+ * every this many (the session's frames, the server's flushes) they announce the whole
+ * vector, so what each side records of the other (resume point, compaction floor) catches up.
+ */
+export const FULL_VECTOR_EVERY = 64
+
 const OPEN = 1
-/** Every this many frames a session announces its whole vector (the others: what moved). */
-const FULL_VECTOR_EVERY = 64
 const CLOSED = 3
 /** Close codes the server uses: credentials refused, frame over the size limit. */
 const CLOSE_POLICY = 1008
