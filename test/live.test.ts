@@ -485,6 +485,31 @@ describe('bad input over WebSockets', () => {
     expect(serverHash()).toBe(before)
   })
 
+  it('with the ack subprotocol: an ack is not an error, any other text is BAD_PAYLOAD, and a stray ack changes nothing', async () => {
+    const { a, ws: url } = await seeded()
+    const before = serverHash()
+    const ws = await rawSocket(url, { authorization: 'Bearer shop-key' }, [ACK_PROTOCOL])
+    // Nothing is in flight yet: the ack is ignored (no answer, no error, no write).
+    const got: unknown[] = []
+    const count = (data: unknown) => got.push(data)
+    ws.on('message', count)
+    ws.send('ack')
+    await new Promise((r) => setTimeout(r, 150))
+    ws.off('message', count)
+    expect(got).toEqual([])
+    ws.send('ACK')
+    const err = await nextMessage(ws)
+    expect(err.isBinary).toBe(false)
+    expect(JSON.parse(String(err.data))).toMatchObject({ code: 'BAD_PAYLOAD' })
+    ws.send('ack please')
+    expect(JSON.parse(String((await nextMessage(ws)).data))).toMatchObject({ code: 'BAD_PAYLOAD' })
+    expect(serverHash()).toBe(before)
+    // Still usable: a valid payload is answered with a payload.
+    ws.send(new Uint8Array(a.exportChanges()))
+    expect((await nextMessage(ws)).isBinary).toBe(true)
+    expect(serverHash()).toBe(before)
+  })
+
   it('bad tokens and unknown databases are refused at the upgrade; the session keeps retrying', async () => {
     const { s, ws: url } = await seeded()
     const before = serverHash()
